@@ -1,0 +1,130 @@
+//! `dma_rw`: one DMA access on behalf of a device, read top to bottom.
+//!
+//! 1. Check the arguments: zero length is EINVAL, a range past 2^64 is EOVERFLOW.
+//! 2. Enter a read section (no lock, no atomic read-modify-write) and load the current table.
+//! 3. Find the mapping holding the first byte (the thread's hint first, then a search).
+//! 4. Fast path: the whole range is inside it. Check the permission, copy, done.
+//! 5. Otherwise walk the adjacent mappings to the last byte, checking coverage and permission of
+//!    every one before any byte moves (all or nothing), then copy piece by piece.
+//! 6. Leave the read section; an `unmap` waiting for it may now free the memory.
+
+use crate::address::Iova;
+use crate::container::Space;
+use crate::error::{Error, Result};
+use crate::prot::{Direction, Prot};
+use crate::rcu;
+use crate::table::Entry;
+
+/// The caller's side of one access.
+pub(crate) enum Xfer<'b> {
+    /// Memory to `buf`.
+    Read(&'b mut [u8]),
+    /// `buf` to memory.
+    Write(&'b [u8]),
+}
+
+impl Xfer<'_> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        match self {
+            Xfer::Read(b) => b.len(),
+            Xfer::Write(b) => b.len(),
+        }
+    }
+
+    #[inline(always)]
+    fn needs(&self) -> Prot {
+        match self {
+            Xfer::Read(_) => Direction::Read.needs(),
+            Xfer::Write(_) => Direction::Write.needs(),
+        }
+    }
+
+    /// Moves bytes `[from, from + len)` of the buffer to or from `entry` at `iova`.
+    #[inline(always)]
+    fn copy(&mut self, entry: &Entry, iova: u64, from: usize, len: usize) -> Result<()> {
+        let offset = iova - entry.start;
+        match (self, &entry.host) {
+            (Xfer::Read(buf), Some(host)) => {
+                let fits = host.read(offset, &mut buf[from..from + len]);
+                debug_assert!(fits, "a host window covers its whole mapping");
+                Ok(())
+            }
+            (Xfer::Write(buf), Some(host)) => {
+                let fits = host.write(offset, &buf[from..from + len]);
+                debug_assert!(fits, "a host window covers its whole mapping");
+                Ok(())
+            }
+            (Xfer::Read(buf), None) => {
+                let m = &entry.mapping;
+                m.memory.read_at(m.offset + offset, &mut buf[from..from + len])
+            }
+            (Xfer::Write(buf), None) => {
+                let m = &entry.mapping;
+                m.memory.write_at(m.offset + offset, &buf[from..from + len])
+            }
+        }
+        .map_err(|e| e.at(Iova(iova)))
+    }
+}
+
+impl Space {
+    /// One DMA access (semantics §3).
+    #[inline]
+    pub(crate) fn dma_rw(&self, iova: Iova, mut xfer: Xfer<'_>) -> Result<()> {
+        let len = xfer.len() as u64;
+        if len == 0 {
+            return Err(Error::ZeroLength);
+        }
+        let last = iova.last_of(len).ok_or(Error::Overflow { iova, len })?.0;
+        let needs = xfer.needs();
+
+        rcu::read(|guard| {
+            let table = self.table.load(guard);
+            let first = table
+                .find_hinted(iova.0, guard)
+                .ok_or(Error::NotMapped { iova })?;
+
+            if last <= first.last {
+                if !first.prot.contains(needs) {
+                    return Err(Error::Permission { iova, needed: needs });
+                }
+                return xfer.copy(first, iova.0, 0, len as usize);
+            }
+
+            // The range crosses mappings: validate all of it, then copy.
+            let start = table.find(iova.0).expect("the hinted entry is in the table");
+            let mut pos = start;
+            let mut at = iova.0;
+            loop {
+                let e = table.entry(pos);
+                if e.start > at {
+                    return Err(Error::NotMapped { iova: Iova(at) });
+                }
+                if !e.prot.contains(needs) {
+                    return Err(Error::Permission {
+                        iova: Iova(at),
+                        needed: needs,
+                    });
+                }
+                if e.last >= last {
+                    break;
+                }
+                at = e.last + 1;
+                pos = table.next(pos).ok_or(Error::NotMapped { iova: Iova(at) })?;
+            }
+            let first_len = (first.last - iova.0 + 1) as usize;
+            xfer.copy(first, iova.0, 0, first_len)?;
+            let mut done = first_len;
+            pos = start;
+            while (done as u64) < len {
+                pos = table.next(pos).expect("validated above");
+                let e = table.entry(pos);
+                let n = ((e.last - e.start) as u128 + 1).min((len - done as u64) as u128) as usize;
+                xfer.copy(e, e.start, done, n)?;
+                done += n;
+            }
+            Ok(())
+        })
+    }
+}

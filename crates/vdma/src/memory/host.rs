@@ -1,0 +1,113 @@
+//! [`HostRegion`]: host memory that vdma may copy to and from with plain loads and stores.
+//!
+//! This module owns every copy between a caller's buffer and shared memory. The memory may be
+//! changed at any time by a guest or another process, so it is never turned into a Rust
+//! reference: bytes move with `copy_nonoverlapping` between raw pointers.
+
+use std::ptr::NonNull;
+
+use crate::address::HostAddr;
+
+/// A range of host memory mapped in this process, valid while the value lives.
+///
+/// Made by the memory kinds of this crate, or by [`HostRegion::new`] under its contract.
+#[derive(Debug)]
+pub struct HostRegion {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a HostRegion is a pointer and a length to memory that the creator keeps mapped; the
+// accesses through it are raw copies that are fine from any thread.
+unsafe impl Send for HostRegion {}
+// SAFETY: as above; `&HostRegion` only allows raw copies, never references into the memory.
+unsafe impl Sync for HostRegion {}
+
+impl HostRegion {
+    /// A region of `len` bytes at `base`.
+    ///
+    /// # Safety
+    /// `[base, base + len)` must be mapped readable (and writable, if the region backs a mapping
+    /// with WRITE) for as long as the returned value, or the object holding it, lives; `base`
+    /// must not be null and `base + len` must not wrap.
+    pub unsafe fn new(base: *mut u8, len: usize) -> HostRegion {
+        HostRegion {
+            base: NonNull::new(base).expect("HostRegion at a null address"),
+            len,
+        }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Where it starts.
+    pub fn base(&self) -> HostAddr {
+        HostAddr(self.base.as_ptr() as usize)
+    }
+
+    /// `[offset, offset + len)` of this region, or `None` if it does not fit. The result is valid
+    /// only while `self`'s owner keeps the memory mapped: the crate stores it next to an `Arc`
+    /// of that owner.
+    pub(crate) fn window(&self, offset: u64, len: u64) -> Option<HostRegion> {
+        let end = offset.checked_add(len)?;
+        if end > self.len as u64 {
+            return None;
+        }
+        Some(HostRegion {
+            // SAFETY: offset <= self.len, so the result stays inside (or one past) the region.
+            base: unsafe { NonNull::new_unchecked(self.base.as_ptr().add(offset as usize)) },
+            len: len as usize,
+        })
+    }
+
+    /// Copies `buf.len()` bytes at `offset` into `buf`; `false` (and nothing copied) if the range
+    /// is not inside the region.
+    #[inline]
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> bool {
+        if !self.fits(offset, buf.len()) {
+            return false;
+        }
+        // SAFETY: the range was checked to lie inside the region, which is mapped readable by
+        // the contract of `new`; `buf` is private memory of the caller and cannot overlap shared
+        // memory it holds a `&mut` to. No reference into the region is made.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.base.as_ptr().add(offset as usize),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        true
+    }
+
+    /// Copies `buf` to `offset`; `false` (and nothing copied) if the range is not inside the
+    /// region.
+    #[inline]
+    pub fn write(&self, offset: u64, buf: &[u8]) -> bool {
+        if !self.fits(offset, buf.len()) {
+            return false;
+        }
+        // SAFETY: the range lies inside the region; the crate only writes to regions of mappings
+        // whose protection includes WRITE, which are mapped writable. No reference is made.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                buf.as_ptr(),
+                self.base.as_ptr().add(offset as usize),
+                buf.len(),
+            )
+        };
+        true
+    }
+
+    #[inline]
+    fn fits(&self, offset: u64, len: usize) -> bool {
+        offset <= self.len as u64 && len as u64 <= self.len as u64 - offset
+    }
+}

@@ -1,0 +1,268 @@
+//! Read-copy-update for the address space: how `dma_rw` finds a mapping without a lock, and how
+//! `unmap` knows that no access to removed memory is in flight.
+//!
+//! Readers: each thread owns a [`Slot`] whose sequence number is odd while the thread is inside
+//! a read section. Entering is a plain load and store of the thread's own counter followed by a
+//! compiler fence; leaving is one release store. No read-modify-write, no full fence.
+//!
+//! Writers publish a new table, then call [`synchronize`]: one `membarrier(PRIVATE_EXPEDITED)`
+//! makes every running thread of the process execute a full memory barrier, which orders each
+//! reader's "I am inside" store against its load of the table pointer (the fence the reader
+//! skipped). Then the writer waits for every slot that was odd to change. A reader that entered
+//! after the barrier sees the new table; one that entered before is waited for. After that the
+//! old table and the memory only it referenced can be freed. This is liburcu's "memb" flavour.
+//!
+//! Where `membarrier` is unavailable (old kernel, seccomp), readers fall back to a full fence
+//! after entering, and writers to a full fence before scanning.
+
+use std::cell::Cell;
+use std::sync::atomic::{compiler_fence, fence, AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::error::{Error, Result};
+
+/// A reader's sequence number, on its own cache lines.
+#[repr(align(128))]
+struct Slot {
+    seq: AtomicU64,
+}
+
+/// Every live reader's slot.
+static READERS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
+
+/// For threads whose thread-local reader is already destroyed (DMA from a TLS destructor):
+/// they share one slot, one at a time.
+static FALLBACK: Mutex<()> = Mutex::new(());
+static FALLBACK_READER: OnceLock<ReaderState> = OnceLock::new();
+
+/// Whether `membarrier(PRIVATE_EXPEDITED)` is registered for this process.
+static MEMBARRIER: OnceLock<bool> = OnceLock::new();
+
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+
+fn membarrier_registered() -> bool {
+    *MEMBARRIER.get_or_init(|| {
+        // SAFETY: membarrier takes a command and flags and has no memory arguments.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_membarrier,
+                MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+                0,
+                0,
+            )
+        };
+        r == 0
+    })
+}
+
+/// Makes every thread's earlier memory accesses visible before the caller's later ones.
+fn barrier_all() {
+    if membarrier_registered() {
+        // SAFETY: as above; registration succeeded, so the command is allowed.
+        let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
+        if r != 0 {
+            // Readers rely on this barrier; without it reclamation would be unsound.
+            panic!(
+                "membarrier(PRIVATE_EXPEDITED) failed after registration: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    } else {
+        fence(Ordering::SeqCst);
+    }
+}
+
+/// The per-thread hint of the last mapping used: valid only while the table with generation
+/// `gen` is the current one (see `table.rs`).
+#[derive(Clone, Copy)]
+pub(crate) struct Hint {
+    pub(crate) gen: u64,
+    pub(crate) entry: *const (),
+}
+
+struct ReaderState {
+    slot: Arc<Slot>,
+    depth: Cell<u32>,
+    light: bool,
+    hint: Cell<Hint>,
+}
+
+// SAFETY: only the FALLBACK_READER is shared between threads, and it is used only while FALLBACK
+// is locked; the hint's pointer is only dereferenced after its generation is checked.
+unsafe impl Sync for ReaderState {}
+// SAFETY: as above.
+unsafe impl Send for ReaderState {}
+
+impl ReaderState {
+    fn new() -> ReaderState {
+        let light = membarrier_registered();
+        let slot = Arc::new(Slot {
+            seq: AtomicU64::new(0),
+        });
+        READERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(slot.clone());
+        ReaderState {
+            slot,
+            depth: Cell::new(0),
+            light,
+            hint: Cell::new(Hint {
+                gen: 0,
+                entry: std::ptr::null(),
+            }),
+        }
+    }
+
+    #[inline(always)]
+    fn enter(&self) {
+        let depth = self.depth.get();
+        self.depth.set(depth + 1);
+        if depth == 0 {
+            let seq = self.slot.seq.load(Ordering::Relaxed);
+            self.slot.seq.store(seq + 1, Ordering::Relaxed);
+            if self.light {
+                compiler_fence(Ordering::SeqCst);
+            } else {
+                fence(Ordering::SeqCst);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn exit(&self) {
+        let depth = self.depth.get() - 1;
+        self.depth.set(depth);
+        if depth == 0 {
+            compiler_fence(Ordering::SeqCst);
+            let seq = self.slot.seq.load(Ordering::Relaxed);
+            self.slot.seq.store(seq + 1, Ordering::Release);
+        }
+    }
+}
+
+struct Reader(ReaderState);
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let mut readers = READERS.lock().unwrap_or_else(|e| e.into_inner());
+        readers.retain(|s| !Arc::ptr_eq(s, &self.0.slot));
+    }
+}
+
+thread_local! {
+    static READER: Reader = Reader(ReaderState::new());
+}
+
+/// Proof of being inside a read section; what is loaded from an [`RcuCell`] lives as long as it.
+pub(crate) struct Guard<'a> {
+    state: &'a ReaderState,
+}
+
+impl Guard<'_> {
+    /// The thread's hint.
+    #[inline(always)]
+    pub(crate) fn hint(&self) -> Hint {
+        self.state.hint.get()
+    }
+
+    /// Replaces the thread's hint.
+    #[inline(always)]
+    pub(crate) fn set_hint(&self, hint: Hint) {
+        self.state.hint.set(hint)
+    }
+}
+
+impl Drop for Guard<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.state.exit();
+    }
+}
+
+/// Runs `f` inside a read section. Sections nest. `f` must not wait for a grace period.
+#[inline(always)]
+pub(crate) fn read<R>(f: impl FnOnce(&Guard<'_>) -> R) -> R {
+    let mut f = Some(f);
+    let done = READER.try_with(|r| {
+        r.0.enter();
+        let guard = Guard { state: &r.0 };
+        let f = f.take().expect("called once");
+        f(&guard)
+    });
+    match done {
+        Ok(r) => r,
+        Err(_) => {
+            let _lock = FALLBACK.lock().unwrap_or_else(|e| e.into_inner());
+            let state = FALLBACK_READER.get_or_init(ReaderState::new);
+            state.enter();
+            let guard = Guard { state };
+            let f = f.take().expect("called once");
+            f(&guard)
+        }
+    }
+}
+
+/// Whether this thread is inside a read section (where waiting for a grace period would wait
+/// for itself).
+fn in_section() -> bool {
+    READER.try_with(|r| r.0.depth.get() > 0).unwrap_or(false)
+}
+
+/// Waits until every read section that might have seen a pointer replaced before this call has
+/// ended. After it returns, what only those sections could reach may be freed.
+pub(crate) fn synchronize() -> Result<()> {
+    if in_section() {
+        return Err(Error::Reentrant);
+    }
+    let slots: Vec<Arc<Slot>> = READERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    barrier_all();
+    for slot in slots {
+        let seq = slot.seq.load(Ordering::Acquire);
+        if seq & 1 == 0 {
+            continue;
+        }
+        let mut spins = 0u32;
+        while slot.seq.load(Ordering::Acquire) == seq {
+            spins += 1;
+            if spins < 128 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A pointer that readers load inside a read section and writers replace. It does not own what
+/// it points to: the writer keeps the value alive until a grace period after replacing it.
+pub(crate) struct RcuCell<T> {
+    ptr: AtomicPtr<T>,
+}
+
+impl<T> RcuCell<T> {
+    /// A cell pointing at `value`, which the caller keeps alive.
+    pub(crate) fn new(value: &Arc<T>) -> RcuCell<T> {
+        RcuCell {
+            ptr: AtomicPtr::new(Arc::as_ptr(value) as *mut T),
+        }
+    }
+
+    /// The current value, valid for the read section.
+    #[inline(always)]
+    pub(crate) fn load<'g>(&self, _guard: &'g Guard<'_>) -> &'g T {
+        // SAFETY: the writer keeps every value that was published alive until a grace period
+        // has passed after it was replaced (`synchronize`), and this read section started before
+        // that grace period could end.
+        unsafe { &*self.ptr.load(Ordering::Acquire) }
+    }
+
+    /// Publishes `value`, which the caller keeps alive until it is replaced and a grace period
+    /// has passed.
+    pub(crate) fn publish(&self, value: &Arc<T>) {
+        self.ptr
+            .store(Arc::as_ptr(value) as *mut T, Ordering::Release);
+    }
+}
