@@ -22,8 +22,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The address space: two mappings of the file, adjacent in IOVA, swapped in the file.
     let space = Container::new(Config::default())?;
-    space.map(Iova(0x1_0000_0000), 1 << 20, Backing::file(&ram, 1 << 20), Prot::READ_WRITE)?;
-    space.map(Iova(0x1_0010_0000), 1 << 20, Backing::file(&ram, 0), Prot::READ_WRITE)?;
+    space.map(
+        Iova(0x1_0000_0000),
+        1 << 20,
+        Backing::file(&ram, 1 << 20),
+        Prot::READ_WRITE,
+    )?;
+    space.map(
+        Iova(0x1_0010_0000),
+        1 << 20,
+        Backing::file(&ram, 0),
+        Prot::READ_WRITE,
+    )?;
     for m in space.mappings() {
         println!("mapped   {} + {:#x} {}", m.iova, m.size, m.prot);
     }
@@ -56,7 +66,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("read     4096 bytes back through the device handle: identical");
 
     // An access that runs past the mapped range fails whole, naming the first unmapped IOVA.
-    let err = dev.read(Iova(0x1_0020_0000 - 8), &mut [0u8; 16]).unwrap_err();
+    let err = dev
+        .read(Iova(0x1_0020_0000 - 8), &mut [0u8; 16])
+        .unwrap_err();
     println!("past end {err} (errno {})", err.errno());
 
     drop(dev);

@@ -48,7 +48,9 @@ impl Config {
             return Err(Error::InvalidConfig("no valid IOVA range"));
         }
         if self.valid_ranges.iter().any(|r| r.start > r.last) {
-            return Err(Error::InvalidConfig("a valid IOVA range ends before it starts"));
+            return Err(Error::InvalidConfig(
+                "a valid IOVA range ends before it starts",
+            ));
         }
         Ok(())
     }

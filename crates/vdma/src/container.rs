@@ -54,7 +54,9 @@ pub(crate) struct Space {
 
 impl std::fmt::Debug for Space {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Space").field("config", &self.config).finish()
+        f.debug_struct("Space")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -105,14 +107,21 @@ impl Container {
         let last = iova.last_of(size).ok_or(Error::Wraps { iova, size })?;
         let mut control = space.lock();
         if let Some(e) = control.current.first_overlap(iova.0, last.0) {
-            return Err(Error::Exists { iova: Iova(e.start) });
+            return Err(Error::Exists {
+                iova: Iova(e.start),
+            });
         }
         if control.current.len() >= space.config.max_entries {
             return Err(Error::NoSpace {
                 limit: space.config.max_entries,
             });
         }
-        if !space.config.valid_ranges.iter().any(|r| r.contains(iova, last)) {
+        if !space
+            .config
+            .valid_ranges
+            .iter()
+            .any(|r| r.contains(iova, last))
+        {
             return Err(Error::OutsideValidRanges { iova, size });
         }
         let (memory, offset) = backing.resolve(size, prot)?;
@@ -209,7 +218,11 @@ impl Container {
             .ok_or_else(|| Error::NoDevice {
                 what: format!("device {}", id.0),
             })?;
-        Ok(DeviceHandle::new(self.space.clone(), group.clone(), id.clone()))
+        Ok(DeviceHandle::new(
+            self.space.clone(),
+            group.clone(),
+            id.clone(),
+        ))
     }
 }
 
@@ -257,13 +270,17 @@ impl Space {
         if let Some(pos) = table.find(start) {
             let e = table.entry(pos);
             if e.start < start {
-                return Err(Error::Straddles { iova: Iova(e.start) });
+                return Err(Error::Straddles {
+                    iova: Iova(e.start),
+                });
             }
         }
         if let Some(pos) = table.find(last) {
             let e = table.entry(pos);
             if e.last > last {
-                return Err(Error::Straddles { iova: Iova(e.start) });
+                return Err(Error::Straddles {
+                    iova: Iova(e.start),
+                });
             }
         }
         if table.first_overlap(start, last).is_none() {

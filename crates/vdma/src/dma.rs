@@ -45,19 +45,19 @@ impl Xfer<'_> {
     fn copy(&mut self, entry: &Entry, iova: u64, from: usize, len: usize) -> Result<()> {
         let offset = iova - entry.start;
         match (self, &entry.host) {
-            (Xfer::Read(buf), Some(host)) => {
-                let fits = host.read(offset, &mut buf[from..from + len]);
-                debug_assert!(fits, "a host window covers its whole mapping");
-                Ok(())
-            }
-            (Xfer::Write(buf), Some(host)) => {
-                let fits = host.write(offset, &buf[from..from + len]);
-                debug_assert!(fits, "a host window covers its whole mapping");
-                Ok(())
-            }
+            // A host window covers its whole mapping, so `false` means the memory faulted.
+            (Xfer::Read(buf), Some(host)) => match host.read(offset, &mut buf[from..from + len]) {
+                true => Ok(()),
+                false => Err(Error::Fault { iova: Iova(iova) }),
+            },
+            (Xfer::Write(buf), Some(host)) => match host.write(offset, &buf[from..from + len]) {
+                true => Ok(()),
+                false => Err(Error::Fault { iova: Iova(iova) }),
+            },
             (Xfer::Read(buf), None) => {
                 let m = &entry.mapping;
-                m.memory.read_at(m.offset + offset, &mut buf[from..from + len])
+                m.memory
+                    .read_at(m.offset + offset, &mut buf[from..from + len])
             }
             (Xfer::Write(buf), None) => {
                 let m = &entry.mapping;
@@ -87,13 +87,18 @@ impl Space {
 
             if last <= first.last {
                 if !first.prot.contains(needs) {
-                    return Err(Error::Permission { iova, needed: needs });
+                    return Err(Error::Permission {
+                        iova,
+                        needed: needs,
+                    });
                 }
                 return xfer.copy(first, iova.0, 0, len as usize);
             }
 
             // The range crosses mappings: validate all of it, then copy.
-            let start = table.find(iova.0).expect("the hinted entry is in the table");
+            let start = table
+                .find(iova.0)
+                .expect("the hinted entry is in the table");
             let mut pos = start;
             let mut at = iova.0;
             loop {

@@ -60,7 +60,8 @@ fn membarrier_registered() -> bool {
 fn barrier_all() {
     if membarrier_registered() {
         // SAFETY: as above; registration succeeded, so the command is allowed.
-        let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
+        let r =
+            unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
         if r != 0 {
             // Readers rely on this barrier; without it reclamation would be unsound.
             panic!(

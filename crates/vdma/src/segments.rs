@@ -93,7 +93,10 @@ impl Space {
                         needed: prot,
                     });
                 }
-                let host = e.host.as_ref().ok_or(Error::NoHostAddress { iova: Iova(at) })?;
+                let host = e
+                    .host
+                    .as_ref()
+                    .ok_or(Error::NoHostAddress { iova: Iova(at) })?;
                 let end = e.last.min(last);
                 e.mapping.hold()?;
                 out.held.push(e.mapping.clone());

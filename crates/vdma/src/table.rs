@@ -11,8 +11,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::memory::HostRegion;
 use crate::mapping::Mapping;
+use crate::memory::HostRegion;
 use crate::prot::Prot;
 use crate::rcu::{Guard, Hint};
 

@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{Error, Result};
+use crate::memory::fault;
 use crate::memory::owned::{host_read, host_write};
 use crate::memory::{HostRegion, Memory};
 use crate::prot::Prot;
@@ -63,16 +64,28 @@ impl FileMemory {
         let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
         let table = shared.get_or_insert_with(HashMap::new);
         if let Some(existing) = table.get(&key).and_then(Weak::upgrade) {
-            if existing.region.len() as u64 >= need {
+            if existing.region.len() as u64 >= need && !existing.is_poisoned() {
                 return Ok(existing);
             }
         }
-        let memory = Arc::new(FileMemory::map(fd, key, file_len as usize, prot)?);
+        let grain = (st.st_blksize as usize).max(page_size());
+        let memory = Arc::new(FileMemory::map(fd, key, file_len as usize, prot, grain)?);
         table.insert(key, Arc::downgrade(&memory));
         Ok(memory)
     }
 
-    fn map(fd: BorrowedFd<'_>, key: Key, len: usize, prot: Prot) -> Result<FileMemory> {
+    /// Whether the file shrank under this host mapping (see `fault.rs`); every access fails.
+    pub fn is_poisoned(&self) -> bool {
+        fault::is_poisoned(self.region.fault_slot())
+    }
+
+    fn map(
+        fd: BorrowedFd<'_>,
+        key: Key,
+        len: usize,
+        prot: Prot,
+        grain: usize,
+    ) -> Result<FileMemory> {
         let mut flags = 0;
         if prot.contains(Prot::READ) {
             flags |= libc::PROT_READ;
@@ -95,9 +108,17 @@ impl FileMemory {
         if ptr == libc::MAP_FAILED {
             return Err(Error::last_os("mmap"));
         }
+        let slot = match fault::register(ptr as usize, len, grain) {
+            Ok(slot) => slot,
+            Err(e) => {
+                // SAFETY: the mapping was just made and nothing else knows of it.
+                unsafe { libc::munmap(ptr, len) };
+                return Err(e);
+            }
+        };
         // SAFETY: the mapping has `prot` and lives until drop; the crate writes only through
         // mappings whose prot has WRITE.
-        let region = unsafe { HostRegion::new(ptr.cast(), len) };
+        let region = unsafe { HostRegion::new(ptr.cast(), len) }.with_fault_slot(slot);
         Ok(FileMemory { region, key })
     }
 }
@@ -121,6 +142,16 @@ fn check_access_mode(fd: BorrowedFd<'_>, prot: Prot) -> Result<()> {
     }
 }
 
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory arguments.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as usize
+    } else {
+        4096
+    }
+}
+
 impl Drop for FileMemory {
     fn drop(&mut self) {
         let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
@@ -131,6 +162,7 @@ impl Drop for FileMemory {
             }
         }
         drop(shared);
+        fault::unregister(self.region.fault_slot());
         // SAFETY: this object made the mapping; its last user (a mapping, through an Arc) is gone.
         unsafe { libc::munmap(self.region.base().as_ptr().cast(), self.region.len()) };
     }

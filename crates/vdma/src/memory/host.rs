@@ -5,8 +5,10 @@
 //! reference: bytes move with `copy_nonoverlapping` between raw pointers.
 
 use std::ptr::NonNull;
+use std::sync::atomic::{compiler_fence, Ordering};
 
 use crate::address::HostAddr;
+use crate::memory::fault::{self, NO_SLOT};
 
 /// A range of host memory mapped in this process, valid while the value lives.
 ///
@@ -15,6 +17,8 @@ use crate::address::HostAddr;
 pub struct HostRegion {
     base: NonNull<u8>,
     len: usize,
+    /// The SIGBUS-recovery slot of file memory that can shrink (see `fault.rs`).
+    fault_slot: u32,
 }
 
 // SAFETY: a HostRegion is a pointer and a length to memory that the creator keeps mapped; the
@@ -34,7 +38,18 @@ impl HostRegion {
         HostRegion {
             base: NonNull::new(base).expect("HostRegion at a null address"),
             len,
+            fault_slot: NO_SLOT,
         }
+    }
+
+    /// The same region, protected by a SIGBUS-recovery slot.
+    pub(crate) fn with_fault_slot(self, fault_slot: u32) -> HostRegion {
+        HostRegion { fault_slot, ..self }
+    }
+
+    /// The region's SIGBUS-recovery slot.
+    pub(crate) fn fault_slot(&self) -> u32 {
+        self.fault_slot
     }
 
     /// Its length in bytes.
@@ -64,14 +79,15 @@ impl HostRegion {
             // SAFETY: offset <= self.len, so the result stays inside (or one past) the region.
             base: unsafe { NonNull::new_unchecked(self.base.as_ptr().add(offset as usize)) },
             len: len as usize,
+            fault_slot: self.fault_slot,
         })
     }
 
-    /// Copies `buf.len()` bytes at `offset` into `buf`; `false` (and nothing copied) if the range
-    /// is not inside the region.
+    /// Copies `buf.len()` bytes at `offset` into `buf`; `false` if the range is not inside the
+    /// region (nothing copied) or the memory faulted (its file shrank; `buf` holds junk).
     #[inline]
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> bool {
-        if !self.fits(offset, buf.len()) {
+        if !self.fits(offset, buf.len()) || self.faulted() {
             return false;
         }
         // SAFETY: the range was checked to lie inside the region, which is mapped readable by
@@ -84,14 +100,14 @@ impl HostRegion {
                 buf.len(),
             )
         };
-        true
+        !self.faulted()
     }
 
-    /// Copies `buf` to `offset`; `false` (and nothing copied) if the range is not inside the
-    /// region.
+    /// Copies `buf` to `offset`; `false` if the range is not inside the region (nothing copied)
+    /// or the memory faulted (its file shrank).
     #[inline]
     pub fn write(&self, offset: u64, buf: &[u8]) -> bool {
-        if !self.fits(offset, buf.len()) {
+        if !self.fits(offset, buf.len()) || self.faulted() {
             return false;
         }
         // SAFETY: the range lies inside the region; the crate only writes to regions of mappings
@@ -103,7 +119,15 @@ impl HostRegion {
                 buf.len(),
             )
         };
-        true
+        !self.faulted()
+    }
+
+    /// Whether this region's file memory has faulted. The fence keeps the check after the copy
+    /// (the handler runs on this thread, so a compiler fence is enough).
+    #[inline(always)]
+    fn faulted(&self) -> bool {
+        compiler_fence(Ordering::SeqCst);
+        fault::any() && fault::is_poisoned(self.fault_slot)
     }
 
     #[inline]

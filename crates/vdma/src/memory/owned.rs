@@ -1,6 +1,7 @@
 //! Memory of this process: [`OwnedMemory`] (an anonymous region vdma allocates and frees) and
 //! [`RawMemory`] (memory the caller owns, given by address).
 
+use crate::address::Iova;
 use crate::error::{Error, Result};
 use crate::memory::{HostRegion, Memory};
 
@@ -107,26 +108,32 @@ impl Memory for RawMemory {
 
 /// `read_at` for memory with a host region.
 pub(crate) fn host_read(region: &HostRegion, offset: u64, buf: &mut [u8]) -> Result<()> {
+    check_fits(region, offset, buf.len())?;
     if region.read(offset, buf) {
         Ok(())
     } else {
-        Err(too_short(region, offset, buf.len()))
+        Err(Error::Fault { iova: Iova(0) })
     }
 }
 
 /// `write_at` for memory with a host region.
 pub(crate) fn host_write(region: &HostRegion, offset: u64, buf: &[u8]) -> Result<()> {
+    check_fits(region, offset, buf.len())?;
     if region.write(offset, buf) {
         Ok(())
     } else {
-        Err(too_short(region, offset, buf.len()))
+        Err(Error::Fault { iova: Iova(0) })
     }
 }
 
-fn too_short(region: &HostRegion, offset: u64, len: usize) -> Error {
-    Error::BackingTooShort {
-        offset,
-        size: len as u64,
-        len: region.len() as u64,
+fn check_fits(region: &HostRegion, offset: u64, len: usize) -> Result<()> {
+    let size = region.len() as u64;
+    if offset > size || len as u64 > size - offset {
+        return Err(Error::BackingTooShort {
+            offset,
+            size: len as u64,
+            len: size,
+        });
     }
+    Ok(())
 }
