@@ -105,6 +105,7 @@ impl Container {
             return Err(Error::NoPermission);
         }
         let last = iova.last_of(size).ok_or(Error::Wraps { iova, size })?;
+        rcu::check_outside()?;
         let mut control = space.lock();
         if let Some(e) = control.current.first_overlap(iova.0, last.0) {
             return Err(Error::Exists {
@@ -129,7 +130,7 @@ impl Container {
         let table = Arc::new(control.current.with(Entry::new(mapping)));
         space.replace(&mut control, table);
         if control.retired.len() >= RETIRE_BATCH {
-            rcu::synchronize()?;
+            rcu::synchronize();
             control.retired.clear();
         }
         Ok(())
@@ -265,6 +266,7 @@ impl Space {
     }
 
     fn unmap_range(&self, start: u64, last: u64) -> Result<u64> {
+        rcu::check_outside()?;
         let mut control = self.lock();
         let table = control.current.clone();
         if let Some(pos) = table.find(start) {
@@ -291,7 +293,7 @@ impl Space {
         self.replace(&mut control, Arc::new(next));
         // No reader can find the removed mappings in the new table; wait for those that found
         // them in an old one. Dropping the retired tables then releases the memory.
-        rcu::synchronize()?;
+        rcu::synchronize();
         control.retired.clear();
         Ok(removed.iter().map(|m| m.size).sum())
     }

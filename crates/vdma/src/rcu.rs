@@ -205,18 +205,20 @@ pub(crate) fn read<R>(f: impl FnOnce(&Guard<'_>) -> R) -> R {
     }
 }
 
-/// Whether this thread is inside a read section (where waiting for a grace period would wait
-/// for itself).
-fn in_section() -> bool {
-    READER.try_with(|r| r.0.depth.get() > 0).unwrap_or(false)
+/// EDEADLK if this thread is inside a read section, where waiting for a grace period would wait
+/// for itself (a `Memory` implementation calling `unmap` from `read_at`, say).
+pub(crate) fn check_outside() -> Result<()> {
+    match READER.try_with(|r| r.0.depth.get() > 0) {
+        Ok(true) => Err(Error::Reentrant),
+        _ => Ok(()),
+    }
 }
 
 /// Waits until every read section that might have seen a pointer replaced before this call has
-/// ended. After it returns, what only those sections could reach may be freed.
-pub(crate) fn synchronize() -> Result<()> {
-    if in_section() {
-        return Err(Error::Reentrant);
-    }
+/// ended. After it returns, what only those sections could reach may be freed. The caller has
+/// checked [`check_outside`].
+pub(crate) fn synchronize() {
+    debug_assert!(check_outside().is_ok());
     let slots: Vec<Arc<Slot>> = READERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
     barrier_all();
     for slot in slots {
@@ -234,7 +236,6 @@ pub(crate) fn synchronize() -> Result<()> {
             }
         }
     }
-    Ok(())
 }
 
 /// A pointer that readers load inside a read section and writers replace. It does not own what
