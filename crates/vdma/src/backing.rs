@@ -64,6 +64,7 @@ impl<'a> Backing<'a> {
                 Ok((memory, offset))
             }
             Backing::Memory { memory, offset } => {
+                memory.check()?;
                 if memory.len() < end {
                     return Err(Error::BackingTooShort {
                         offset,

@@ -295,7 +295,10 @@ impl Space {
         // them in an old one. Dropping the retired tables then releases the memory.
         rcu::synchronize();
         control.retired.clear();
-        Ok(removed.iter().map(|m| m.size).sum())
+        // Mappings can cover all 2^64 bytes, one more than a u64 counts.
+        Ok(removed
+            .iter()
+            .fold(0u64, |sum, m| sum.saturating_add(m.size)))
     }
 
     /// Waits until no segments hold any of `mappings`, up to the busy timeout; EBUSY (and the

@@ -40,6 +40,12 @@ pub trait Memory: Send + Sync + fmt::Debug {
         None
     }
 
+    /// Whether the memory can back a new mapping now; called by `map`. For example, another
+    /// process's memory fails with ESRCH once the process is gone.
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Copies `buf.len()` bytes at `offset` into `buf`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
 

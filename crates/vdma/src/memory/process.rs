@@ -4,12 +4,13 @@
 //! kernel's access to a task's mm. A pid can be reused once its process is gone and reaped, so
 //! the process is held by a pidfd taken when the object is made, and every access is checked
 //! against it:
-//! - a read's bytes are used only if the process is still alive after the copy; a process alive
-//!   then was alive during the copy, so the bytes are its own;
+//! - a read is issued only after the pidfd shows the process alive, and its bytes are kept only
+//!   if the process is still alive after the copy (a process alive then was alive during the
+//!   copy, so the bytes are its own); otherwise `buf` is zeroed and the read fails with ESRCH;
 //! - a write is issued only after the pidfd shows the process alive, and reports ESRCH if it is
 //!   gone afterwards.
 //!
-//! What remains for writes is the window between that check and the system call: the process
+//! What remains is the window between that check and the system call: the process
 //! would have to exit, be reaped and have its pid handed to a new process within it. The pid
 //! allocator hands out pids cyclically, so that takes a wrap of the whole pid space inside
 //! microseconds.
@@ -66,7 +67,7 @@ impl ProcessMemory {
     }
 
     /// Maps a failed or short transfer to an error.
-    fn check(&self, done: isize, want: usize) -> Result<()> {
+    fn transferred(&self, done: isize, want: usize) -> Result<()> {
         if done == want as isize {
             return Ok(());
         }
@@ -89,7 +90,17 @@ impl Memory for ProcessMemory {
         u64::MAX
     }
 
+    fn check(&self) -> Result<()> {
+        if self.is_gone() {
+            return Err(self.gone());
+        }
+        Ok(())
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if self.is_gone() {
+            return Err(self.gone());
+        }
         let local = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
@@ -101,11 +112,13 @@ impl Memory for ProcessMemory {
         // SAFETY: `local` describes `buf`, which we hold mutably; the remote side is another
         // process's memory, which the kernel checks.
         let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
-        self.check(n, buf.len())?;
+        let done = self.transferred(n, buf.len());
         if self.is_gone() {
+            // The bytes may come from a process that took over the pid: never hand them out.
+            buf.fill(0);
             return Err(self.gone());
         }
-        Ok(())
+        done
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
@@ -123,7 +136,7 @@ impl Memory for ProcessMemory {
         // SAFETY: `local` describes `buf`, which the kernel only reads; the remote side is
         // another process's memory, which the kernel checks.
         let n = unsafe { libc::process_vm_writev(self.pid, &local, 1, &remote, 1, 0) };
-        self.check(n, buf.len())?;
+        self.transferred(n, buf.len())?;
         if self.is_gone() {
             return Err(self.gone());
         }
