@@ -26,6 +26,12 @@ pub struct Config {
     /// How long `unmap` waits for segments ([`crate::Segments`]) on the range to be dropped
     /// before it fails with EBUSY.
     pub busy_timeout: Duration,
+    /// The most bytes that pins may hold locked at once; `None`: the soft RLIMIT_MEMLOCK at
+    /// creation. Past it, `pin` fails with ENOMEM.
+    pub memlock_limit: Option<u64>,
+    /// Whether pinned pages are also `mlock`ed (kept in RAM). Accounting against
+    /// `memlock_limit` happens either way.
+    pub mlock: bool,
 }
 
 impl Default for Config {
@@ -35,6 +41,8 @@ impl Default for Config {
             max_entries: 65535,
             valid_ranges: vec![IovaRange::ALL],
             busy_timeout: Duration::from_millis(500),
+            memlock_limit: None,
+            mlock: true,
         }
     }
 }

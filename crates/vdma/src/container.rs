@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::address::Iova;
 use crate::backing::Backing;
 use crate::config::Config;
+use crate::dirty::Bitmap;
 use crate::error::{Error, Result};
 use crate::handle::{DeviceHandle, DeviceId, GroupHandle, GroupId, GroupState};
 use crate::mapping::{Mapping, MappingInfo};
@@ -17,6 +18,9 @@ use crate::table::{Entry, Table};
 
 /// Tables replaced by `map` wait for a grace period in batches of this many.
 const RETIRE_BATCH: usize = 32;
+
+/// Rounds of unmap callbacks before an unmap of held memory gives up with EBUSY.
+const UNMAP_ROUNDS: u32 = 8;
 
 /// A type1-style IOMMU address space: the counterpart of a VFIO container.
 ///
@@ -50,6 +54,13 @@ pub(crate) struct Space {
     /// The current table, for readers.
     pub(crate) table: RcuCell<Table>,
     control: Mutex<Control>,
+    /// Serializes unmaps, which drop `control` while device callbacks run.
+    unmapping: Mutex<()>,
+    /// Serializes pin and unpin (`pin.rs`).
+    pub(crate) pin_lock: Mutex<()>,
+    /// Bytes pinned (locked), against `memlock_limit`.
+    pub(crate) locked: std::sync::atomic::AtomicU64,
+    pub(crate) memlock_limit: u64,
 }
 
 impl std::fmt::Debug for Space {
@@ -61,18 +72,23 @@ impl std::fmt::Debug for Space {
 }
 
 /// Writer-side state, behind one lock.
-struct Control {
+pub(crate) struct Control {
     /// The table `Space::table` points at.
-    current: Arc<Table>,
+    pub(crate) current: Arc<Table>,
     /// Replaced tables that readers may still see; freed after a grace period.
-    retired: Vec<Arc<Table>>,
-    groups: HashMap<GroupId, Arc<GroupState>>,
+    pub(crate) retired: Vec<Arc<Table>>,
+    pub(crate) groups: HashMap<GroupId, Arc<GroupState>>,
+    /// Container-level dirty tracking: the page shift, while on.
+    pub(crate) tracking: Option<u32>,
 }
 
 impl Container {
     /// An empty address space.
     pub fn new(config: Config) -> Result<Container> {
         config.validate()?;
+        let memlock_limit = config
+            .memlock_limit
+            .unwrap_or_else(crate::pin::rlimit_memlock);
         let current = Arc::new(Table::empty());
         Ok(Container {
             space: Arc::new(Space {
@@ -82,7 +98,12 @@ impl Container {
                     current,
                     retired: Vec::new(),
                     groups: HashMap::new(),
+                    tracking: None,
                 }),
+                unmapping: Mutex::new(()),
+                pin_lock: Mutex::new(()),
+                locked: std::sync::atomic::AtomicU64::new(0),
+                memlock_limit,
             }),
         })
     }
@@ -127,7 +148,7 @@ impl Container {
         }
         let (memory, offset) = backing.resolve(size, prot)?;
         let mapping = Arc::new(Mapping::new(iova, size, prot, memory, offset));
-        let table = Arc::new(control.current.with(Entry::new(mapping)));
+        let table = Arc::new(control.current.with(Entry::new(mapping, control.tracking)));
         space.replace(&mut control, table);
         if control.retired.len() >= RETIRE_BATCH {
             rcu::synchronize();
@@ -141,17 +162,36 @@ impl Container {
     /// and nothing is unmapped. A mapping held by [`crate::Segments`] is waited for up to
     /// [`Config::busy_timeout`], then EBUSY and nothing is unmapped.
     ///
+    /// Mappings held by pins or segments: every device's unmap callback is called with each
+    /// held mapping's `(iova, size)`, outside any lock, and the unmap retries; if holds remain
+    /// after a bounded number of rounds (within [`Config::busy_timeout`]) it fails with EBUSY
+    /// and unmaps nothing.
+    ///
     /// When it returns, no access to the removed memory is in flight and none can start.
     pub fn unmap(&self, iova: Iova, size: u64) -> Result<u64> {
         let space = &*self.space;
         space.check_aligned(iova, size)?;
         let last = iova.last_of(size).ok_or(Error::Wraps { iova, size })?;
-        space.unmap_range(iova.0, last.0)
+        Ok(space.unmap_range(iova.0, last.0, false)?.0)
+    }
+
+    /// [`Container::unmap`] that also returns the removed mappings' dirty pages, bit n being the
+    /// page at `iova + n * page size` (VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP). EINVAL if dirty
+    /// tracking is off; `iova` and `size` must be aligned to the tracking page size.
+    pub fn unmap_dirty(&self, iova: Iova, size: u64) -> Result<(u64, Bitmap)> {
+        let space = &*self.space;
+        space.check_aligned(iova, size)?;
+        let last = iova.last_of(size).ok_or(Error::Wraps { iova, size })?;
+        let shift = space.lock().tracking.ok_or(Error::NotTracking)?;
+        space.check_tracking_aligned(iova, size, shift)?;
+        let (bytes, bitmap) = space.unmap_range(iova.0, last.0, true)?;
+        let bitmap = bitmap.unwrap_or_else(|| Bitmap::new(iova, 1 << shift, size >> shift));
+        Ok((bytes, bitmap))
     }
 
     /// Unmaps everything; returns the bytes removed.
     pub fn unmap_all(&self) -> Result<u64> {
-        self.space.unmap_range(0, u64::MAX)
+        Ok(self.space.unmap_range(0, u64::MAX, false)?.0)
     }
 
     /// The mappings, in IOVA order.
@@ -208,22 +248,22 @@ impl Container {
         Ok(GroupHandle::new(self.space.clone(), group.clone()))
     }
 
+    pub(crate) fn space(&self) -> &Arc<Space> {
+        &self.space
+    }
+
     /// A handle on a device of an attached group (`vfio_group_get_external_user_from_dev`);
     /// ENODEV if no attached group has it.
     pub fn device_handle(&self, id: &DeviceId) -> Result<DeviceHandle> {
         let control = self.space.lock();
-        let group = control
+        let (group, device) = control
             .groups
             .values()
-            .find(|g| g.has_device(id))
+            .find_map(|g| g.device(id).map(|d| (g, d)))
             .ok_or_else(|| Error::NoDevice {
                 what: format!("device {}", id.0),
             })?;
-        Ok(DeviceHandle::new(
-            self.space.clone(),
-            group.clone(),
-            id.clone(),
-        ))
+        Ok(DeviceHandle::new(self.space.clone(), group.clone(), device))
     }
 }
 
@@ -234,7 +274,7 @@ fn no_group(id: GroupId) -> Error {
 }
 
 impl Space {
-    fn lock(&self) -> MutexGuard<'_, Control> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Control> {
         self.control.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -250,7 +290,22 @@ impl Space {
         Ok(())
     }
 
-    fn check_aligned(&self, iova: Iova, size: u64) -> Result<()> {
+    /// EINVAL unless `iova` and `size` are multiples of the tracking page size.
+    pub(crate) fn check_tracking_aligned(&self, iova: Iova, size: u64, shift: u32) -> Result<()> {
+        let mask = (1u64 << shift) - 1;
+        for (what, value) in [("iova", iova.0), ("size", size)] {
+            if value & mask != 0 {
+                return Err(Error::Misaligned {
+                    what,
+                    value,
+                    page_size: 1 << shift,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_aligned(&self, iova: Iova, size: u64) -> Result<()> {
         if size == 0 {
             return Err(Error::ZeroSize);
         }
@@ -259,72 +314,95 @@ impl Space {
     }
 
     /// Publishes `table`; the old one is retired until a grace period passes.
-    fn replace(&self, control: &mut Control, table: Arc<Table>) {
+    pub(crate) fn replace(&self, control: &mut Control, table: Arc<Table>) {
         self.table.publish(&table);
         let old = std::mem::replace(&mut control.current, table);
         control.retired.push(old);
     }
 
-    fn unmap_range(&self, start: u64, last: u64) -> Result<u64> {
+    /// Removes the mappings in `[start, last]`, after the pins and segments on them are given
+    /// back; with `want_dirty`, also returns their dirty bitmap relative to `start`.
+    fn unmap_range(
+        &self,
+        start: u64,
+        last: u64,
+        want_dirty: bool,
+    ) -> Result<(u64, Option<Bitmap>)> {
         rcu::check_outside()?;
-        let mut control = self.lock();
-        let table = control.current.clone();
-        if let Some(pos) = table.find(start) {
-            let e = table.entry(pos);
-            if e.start < start {
-                return Err(Error::Straddles {
-                    iova: Iova(e.start),
-                });
-            }
+        if crate::pin::in_unmap_callback() {
+            return Err(Error::Reentrant);
         }
-        if let Some(pos) = table.find(last) {
-            let e = table.entry(pos);
-            if e.last > last {
-                return Err(Error::Straddles {
-                    iova: Iova(e.start),
-                });
-            }
-        }
-        if table.first_overlap(start, last).is_none() {
-            return Ok(0);
-        }
-        let (next, removed) = table.without(start, last);
-        self.wait_unheld(&removed)?;
-        self.replace(&mut control, Arc::new(next));
-        // No reader can find the removed mappings in the new table; wait for those that found
-        // them in an old one. Dropping the retired tables then releases the memory.
-        rcu::synchronize();
-        control.retired.clear();
-        // Mappings can cover all 2^64 bytes, one more than a u64 counts.
-        Ok(removed
-            .iter()
-            .fold(0u64, |sum, m| sum.saturating_add(m.size)))
-    }
-
-    /// Waits until no segments hold any of `mappings`, up to the busy timeout; EBUSY (and the
-    /// mappings stay usable) if they stay held.
-    fn wait_unheld(&self, mappings: &[Arc<Mapping>]) -> Result<()> {
-        let mut held = false;
-        for m in mappings {
-            held |= m.begin_removal();
-        }
-        if !held {
-            return Ok(());
-        }
-        let deadline = Instant::now() + self.config.busy_timeout;
+        let _one_at_a_time = self.unmapping.lock().unwrap_or_else(|e| e.into_inner());
+        let round_wait = self.config.busy_timeout / UNMAP_ROUNDS;
+        let mut round = 0;
         loop {
-            let busy = mappings.iter().find(|m| m.is_held());
-            match busy {
-                None => return Ok(()),
-                Some(m) if Instant::now() >= deadline => {
-                    let iova = m.iova;
-                    for m in mappings {
-                        m.cancel_removal();
-                    }
-                    return Err(Error::MappingBusy { iova });
+            let mut control = self.lock();
+            let table = control.current.clone();
+            check_no_straddle(&table, start, last)?;
+            if table.first_overlap(start, last).is_none() {
+                return Ok((0, None));
+            }
+            let (next, removed) = table.without(start, last);
+            let mut held = false;
+            for e in &removed {
+                held |= e.mapping.begin_removal();
+            }
+            if !held {
+                self.replace(&mut control, Arc::new(next));
+                // No reader can find the removed mappings in the new table; wait for those that
+                // found them in an old one. Dropping the retired tables then releases the memory.
+                rcu::synchronize();
+                control.retired.clear();
+                let dirty = want_dirty.then(|| {
+                    let shift = control.tracking.expect("checked by unmap_dirty");
+                    crate::tracking::removed_bitmap(Iova(start), last, shift, &removed)
+                });
+                // Mappings can cover all 2^64 bytes, one more than a u64 counts.
+                let bytes = removed
+                    .iter()
+                    .fold(0u64, |sum, e| sum.saturating_add(e.mapping.size));
+                return Ok((bytes, dirty));
+            }
+            let callbacks = crate::pin::unmap_callbacks(&control);
+            drop(control);
+            let busy: Vec<_> = removed.iter().filter(|e| e.mapping.is_held()).collect();
+            if round == UNMAP_ROUNDS {
+                for e in &removed {
+                    e.mapping.cancel_removal();
                 }
-                Some(_) => std::thread::sleep(std::time::Duration::from_micros(200)),
+                return Err(Error::MappingBusy {
+                    iova: busy.first().map_or(Iova(start), |e| e.mapping.iova),
+                });
+            }
+            round += 1;
+            for e in &busy {
+                crate::pin::call_unmap_callbacks(&callbacks, e.mapping.iova, e.mapping.size);
+            }
+            let deadline = Instant::now() + round_wait;
+            while busy.iter().any(|e| e.mapping.is_held()) && Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_micros(100));
             }
         }
     }
+}
+
+/// EINVAL if a mapping crosses either end of `[start, last]` (unmap never splits).
+pub(crate) fn check_no_straddle(table: &Table, start: u64, last: u64) -> Result<()> {
+    if let Some(pos) = table.find(start) {
+        let e = table.entry(pos);
+        if e.start < start {
+            return Err(Error::Straddles {
+                iova: Iova(e.start),
+            });
+        }
+    }
+    if let Some(pos) = table.find(last) {
+        let e = table.entry(pos);
+        if e.last > last {
+            return Err(Error::Straddles {
+                iova: Iova(e.start),
+            });
+        }
+    }
+    Ok(())
 }

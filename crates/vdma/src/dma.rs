@@ -6,14 +6,15 @@
 //! 4. Fast path: the whole range is inside it. Check the permission, copy, done.
 //! 5. Otherwise walk the adjacent mappings to the last byte, checking coverage and permission of
 //!    every one before any byte moves (all or nothing), then copy piece by piece.
-//! 6. Leave the read section; an `unmap` waiting for it may now free the memory.
+//! 6. A write marks the pages each piece touched in the dirty logs, after the piece is copied.
+//! 7. Leave the read section; an `unmap` waiting for it may now free the memory.
 
 use crate::address::Iova;
 use crate::container::Space;
 use crate::error::{Error, Result};
 use crate::prot::{Direction, Prot};
 use crate::rcu;
-use crate::table::Entry;
+use crate::table::{Entry, Table};
 
 /// The caller's side of one access.
 pub(crate) enum Xfer<'b> {
@@ -30,6 +31,11 @@ impl Xfer<'_> {
             Xfer::Read(b) => b.len(),
             Xfer::Write(b) => b.len(),
         }
+    }
+
+    #[inline(always)]
+    fn is_write(&self) -> bool {
+        matches!(self, Xfer::Write(_))
     }
 
     #[inline(always)]
@@ -120,6 +126,9 @@ impl Space {
             }
             let first_len = (first.last - iova.0 + 1) as usize;
             xfer.copy(first, iova.0, 0, first_len)?;
+            if xfer.is_write() {
+                mark_dirty(table, first, iova.0, first.last);
+            }
             let mut done = first_len;
             pos = start;
             while (done as u64) < len {
@@ -127,9 +136,24 @@ impl Space {
                 let e = table.entry(pos);
                 let n = ((e.last - e.start) as u128 + 1).min((len - done as u64) as u128) as usize;
                 xfer.copy(e, e.start, done, n)?;
+                if xfer.is_write() {
+                    mark_dirty(table, e, e.start, e.start + (n as u64 - 1));
+                }
                 done += n;
             }
             Ok(())
         })
+    }
+}
+
+/// Marks `[iova, last]`, just written through `entry`, in the container-level log of its
+/// mapping and in every device log.
+#[inline(always)]
+fn mark_dirty(table: &Table, entry: &Entry, iova: u64, last: u64) {
+    if let Some(log) = &entry.dirty {
+        log.mark(iova, last);
+    }
+    for log in table.device_logs.iter() {
+        log.mark(iova, last);
     }
 }

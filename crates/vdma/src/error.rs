@@ -151,6 +151,55 @@ pub enum Error {
         /// What was attached twice.
         what: String,
     },
+    /// Pinning by a device with no unmap callback (EINVAL).
+    #[error("a device must register an unmap callback before it pins")]
+    NoUnmapCallback,
+    /// More pages in one pin or unpin call than allowed (E2BIG).
+    #[error("{npages} pages in one call, at most {max}")]
+    TooManyPages {
+        /// Pages asked for.
+        npages: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Pinning past the locked-memory limit (ENOMEM).
+    #[error("pinning past the locked-memory limit of {limit} bytes")]
+    MemlockLimit {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// Dirty tracking or DMA logging is not on (EINVAL).
+    #[error("dirty tracking is not on")]
+    NotTracking,
+    /// A page size that is not a power of two, too small, or not the tracking page size
+    /// (EINVAL).
+    #[error("page size {page_size:#x} is not valid here")]
+    BadPageSize {
+        /// The page size given.
+        page_size: u64,
+    },
+    /// A bitmap or log of more pages than allowed (E2BIG).
+    #[error("a bitmap of {pages} pages, at most {max}")]
+    BitmapTooLarge {
+        /// Pages asked for.
+        pages: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// More DMA logging ranges than allowed (E2BIG).
+    #[error("{count} ranges, at most {max}")]
+    TooManyRanges {
+        /// Ranges given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The device already logs DMA (EBUSY).
+    #[error("device {device} already logs DMA")]
+    LoggingActive {
+        /// The device.
+        device: String,
+    },
     /// A configuration that cannot work (EINVAL).
     #[error("invalid configuration: {0}")]
     InvalidConfig(&'static str),
@@ -182,10 +231,18 @@ impl Error {
             | Error::Straddles { .. }
             | Error::BackingTooShort { .. }
             | Error::NoHostAddress { .. }
+            | Error::NoUnmapCallback
+            | Error::NotTracking
+            | Error::BadPageSize { .. }
             | Error::InvalidConfig(_) => libc::EINVAL,
             Error::Overflow { .. } => libc::EOVERFLOW,
             Error::Exists { .. } | Error::AlreadyAttached { .. } => libc::EEXIST,
             Error::NoSpace { .. } => libc::ENOSPC,
+            Error::TooManyPages { .. }
+            | Error::BitmapTooLarge { .. }
+            | Error::TooManyRanges { .. } => libc::E2BIG,
+            Error::MemlockLimit { .. } => libc::ENOMEM,
+            Error::LoggingActive { .. } => libc::EBUSY,
             Error::Permission { .. } => libc::EPERM,
             Error::FileAccess { .. } => libc::EACCES,
             Error::ProcessGone { .. } => libc::ESRCH,

@@ -5,14 +5,16 @@
 //! Both hold the address space directly, so `dma_rw` through either costs the same: no lookup
 //! of the group or device and no lock per call.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::address::Iova;
+use crate::address::{HostAddr, Iova};
 use crate::container::Space;
+use crate::dirty::Bitmap;
 use crate::dma::Xfer;
 use crate::error::Result;
+use crate::pin::{Pinned, UnmapCallback};
 use crate::prot::{Direction, Prot};
 use crate::segments::Segments;
 
@@ -37,7 +39,30 @@ pub(crate) struct GroupState {
     id: GroupId,
     /// Live group and device handles.
     handles: AtomicUsize,
-    devices: Mutex<HashSet<DeviceId>>,
+    devices: Mutex<HashMap<DeviceId, Arc<DeviceState>>>,
+}
+
+/// A device as the container keeps it.
+#[derive(Debug)]
+pub(crate) struct DeviceState {
+    id: DeviceId,
+    callback: Mutex<Option<CallbackSlot>>,
+}
+
+struct CallbackSlot(UnmapCallback);
+
+impl std::fmt::Debug for CallbackSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnmapCallback")
+    }
+}
+
+impl DeviceState {
+    /// The registered unmap callback.
+    pub(crate) fn unmap_callback(&self) -> Option<UnmapCallback> {
+        let slot = self.callback.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().map(|s| s.0.clone())
+    }
 }
 
 impl GroupState {
@@ -45,7 +70,7 @@ impl GroupState {
         GroupState {
             id,
             handles: AtomicUsize::new(0),
-            devices: Mutex::new(HashSet::new()),
+            devices: Mutex::new(HashMap::new()),
         }
     }
 
@@ -54,17 +79,28 @@ impl GroupState {
     }
 
     pub(crate) fn has_device(&self, id: &DeviceId) -> bool {
-        self.devices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(id)
+        self.device(id).is_some()
+    }
+
+    pub(crate) fn device(&self, id: &DeviceId) -> Option<Arc<DeviceState>> {
+        let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        devices.get(id).cloned()
+    }
+
+    pub(crate) fn devices(&self) -> Vec<Arc<DeviceState>> {
+        let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        devices.values().cloned().collect()
     }
 
     pub(crate) fn add_device(&self, id: DeviceId) {
-        self.devices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id);
+        let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        devices.insert(
+            id.clone(),
+            Arc::new(DeviceState {
+                id,
+                callback: Mutex::new(None),
+            }),
+        );
     }
 }
 
@@ -153,11 +189,15 @@ impl GroupHandle {
 pub struct DeviceHandle {
     space: Arc<Space>,
     group: GroupRef,
-    device: DeviceId,
+    device: Arc<DeviceState>,
 }
 
 impl DeviceHandle {
-    pub(crate) fn new(space: Arc<Space>, group: Arc<GroupState>, device: DeviceId) -> DeviceHandle {
+    pub(crate) fn new(
+        space: Arc<Space>,
+        group: Arc<GroupState>,
+        device: Arc<DeviceState>,
+    ) -> DeviceHandle {
         DeviceHandle {
             space,
             group: GroupRef::new(group),
@@ -167,7 +207,71 @@ impl DeviceHandle {
 
     /// The device.
     pub fn id(&self) -> &DeviceId {
-        &self.device
+        &self.device.id
+    }
+
+    /// Registers the device's unmap callback (replacing any earlier one): called with a
+    /// mapping's `(iova, size)` when an `unmap` needs the pins and segments on it given back.
+    /// It runs on the unmapping thread with no lock held, and may unpin, translate and do DMA
+    /// on other ranges; an unmap from inside it fails with EDEADLK. Only a device with a
+    /// callback may pin.
+    pub fn set_unmap_callback(&self, callback: impl Fn(Iova, u64) + Send + Sync + 'static) {
+        let mut slot = self
+            .device
+            .callback
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *slot = Some(CallbackSlot(Arc::new(callback)));
+    }
+
+    /// Removes the device's unmap callback.
+    pub fn clear_unmap_callback(&self) {
+        let mut slot = self
+            .device
+            .callback
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *slot = None;
+    }
+
+    /// Pins `npages` pages (of the address space's page size) from `iova` for an access
+    /// needing `prot`, and returns each page's host address, valid until unpinned (semantics
+    /// §4). EINVAL: no unmap callback registered, `npages == 0`, `iova` misaligned, a page not
+    /// mapped, or memory with no host address; E2BIG: more than 512 pages; EPERM: a mapping
+    /// lacks `prot`; ENOMEM: past the locked-memory limit. A failed call pins nothing.
+    pub fn pin(&self, iova: Iova, npages: usize, prot: Prot) -> Result<Vec<HostAddr>> {
+        self.space.pin(&self.device, iova, npages, prot)
+    }
+
+    /// Unpins `npages` pages from `iova` (one pin each); pages not pinned are left alone.
+    pub fn unpin(&self, iova: Iova, npages: usize) -> Result<()> {
+        self.space.unpin(iova, npages)
+    }
+
+    /// [`DeviceHandle::pin`] as a guard that unpins when dropped.
+    pub fn pin_guard(&self, iova: Iova, npages: usize, prot: Prot) -> Result<Pinned> {
+        let hosts = self.pin(iova, npages, prot)?;
+        Ok(Pinned::new(self.space.clone(), iova, hosts))
+    }
+
+    /// Starts the device's DMA logging (vfio-user DMA_LOGGING_START) over `ranges` of
+    /// `(iova, length)` at `page_size`: 1 to 256 non-overlapping ranges aligned to `page_size`,
+    /// a power of two of at least 4096 (EINVAL; more ranges: E2BIG; past 2^64: EOVERFLOW);
+    /// EBUSY if already logging. Every DMA write through the address space is logged.
+    pub fn dma_logging_start(&self, ranges: &[(Iova, u64)], page_size: u64) -> Result<()> {
+        self.space.logging_start(&self.device.id, ranges, page_size)
+    }
+
+    /// Stops the device's DMA logging; fine if not started.
+    pub fn dma_logging_stop(&self) -> Result<()> {
+        self.space.logging_stop(&self.device.id)
+    }
+
+    /// Reads and clears the device's DMA log over `[iova, iova + length)` at any power-of-two
+    /// `page_size` (vfio-user DMA_LOGGING_REPORT). EINVAL if not logging.
+    pub fn dma_logging_report(&self, iova: Iova, length: u64, page_size: u64) -> Result<Bitmap> {
+        self.space
+            .logging_report(&self.device.id, iova, length, page_size)
     }
 
     /// The device's group.

@@ -1,7 +1,8 @@
 //! [`Mapping`]: one `map` call, `[iova, iova + size)` onto memory with a protection.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::address::Iova;
 use crate::error::{Error, Result};
@@ -17,8 +18,11 @@ pub(crate) struct Mapping {
     pub(crate) prot: Prot,
     pub(crate) memory: Arc<dyn Memory>,
     pub(crate) offset: u64,
-    /// Live segment holds on this mapping; `unmap` waits for them to go.
+    /// Live holds on this mapping: one per `Segments` and one per pinned page count; `unmap`
+    /// waits for them to go.
     holds: AtomicU64,
+    /// Pin counts by page index in the mapping (page = the address space's page size).
+    pins: Mutex<HashMap<u64, PinCount>>,
     /// Set while an `unmap` is deciding whether it may remove this mapping; new holds fail.
     dying: AtomicBool,
 }
@@ -38,6 +42,7 @@ impl Mapping {
             memory,
             offset,
             holds: AtomicU64::new(0),
+            pins: Mutex::new(HashMap::new()),
             dying: AtomicBool::new(false),
         }
     }
@@ -53,11 +58,16 @@ impl Mapping {
 
     /// Takes a hold unless an `unmap` is removing the mapping (EAGAIN).
     pub(crate) fn hold(&self) -> Result<()> {
+        self.hold_n(1)
+    }
+
+    /// Takes `n` holds at once, or none (EAGAIN while an `unmap` is removing the mapping).
+    pub(crate) fn hold_n(&self, n: u64) -> Result<()> {
         // SeqCst on both sides (here and in `begin_removal`) makes the pair a Dekker handshake:
         // either the unmap sees this hold, or this sees the unmap's flag.
-        self.holds.fetch_add(1, Ordering::SeqCst);
+        self.holds.fetch_add(n, Ordering::SeqCst);
         if self.dying.load(Ordering::SeqCst) {
-            self.release();
+            self.release_n(n);
             return Err(Error::Unmapping { iova: self.iova });
         }
         Ok(())
@@ -65,7 +75,17 @@ impl Mapping {
 
     /// Gives a hold back.
     pub(crate) fn release(&self) {
-        self.holds.fetch_sub(1, Ordering::SeqCst);
+        self.release_n(1)
+    }
+
+    /// Gives `n` holds back.
+    pub(crate) fn release_n(&self, n: u64) {
+        self.holds.fetch_sub(n, Ordering::SeqCst);
+    }
+
+    /// The pin counts, locked (the address space's pin lock is held around every use).
+    pub(crate) fn pins(&self) -> MutexGuard<'_, HashMap<u64, PinCount>> {
+        self.pins.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Marks the mapping as being removed; returns whether holds remain.
@@ -83,6 +103,13 @@ impl Mapping {
     pub(crate) fn cancel_removal(&self) {
         self.dying.store(false, Ordering::SeqCst);
     }
+}
+
+/// How often a page is pinned, and how many of those pins asked for WRITE.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PinCount {
+    pub(crate) total: u32,
+    pub(crate) write: u32,
 }
 
 /// What [`crate::Container::mappings`] reports of one mapping.

@@ -11,10 +11,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::dirty::DirtyLog;
 use crate::mapping::Mapping;
 use crate::memory::HostRegion;
 use crate::prot::Prot;
 use crate::rcu::{Guard, Hint};
+use crate::tracking::DeviceLog;
 
 const CHUNK_MAX: usize = 256;
 
@@ -30,11 +32,14 @@ pub(crate) struct Entry {
     pub(crate) prot: Prot,
     /// The mapping's host memory, if it has any; valid while `mapping` lives.
     pub(crate) host: Option<HostRegion>,
+    /// The container-level dirty log of this mapping, while tracking is on.
+    pub(crate) dirty: Option<Arc<DirtyLog>>,
     pub(crate) mapping: Arc<Mapping>,
 }
 
 impl Entry {
-    pub(crate) fn new(mapping: Arc<Mapping>) -> Entry {
+    /// An entry for `mapping`, with a dirty log of pages of `1 << shift` bytes if tracking.
+    pub(crate) fn new(mapping: Arc<Mapping>, tracking: Option<u32>) -> Entry {
         let host = mapping
             .memory
             .host_region()
@@ -44,6 +49,13 @@ impl Entry {
             last: mapping.iova.0 + (mapping.size - 1),
             prot: mapping.prot,
             host,
+            dirty: tracking.map(|shift| {
+                Arc::new(DirtyLog::new(
+                    mapping.iova.0,
+                    mapping.iova.0 + (mapping.size - 1),
+                    shift,
+                ))
+            }),
             mapping,
         }
     }
@@ -56,7 +68,18 @@ impl Entry {
 
 impl Clone for Entry {
     fn clone(&self) -> Entry {
-        Entry::new(self.mapping.clone())
+        Entry {
+            start: self.start,
+            last: self.last,
+            prot: self.prot,
+            host: self
+                .mapping
+                .memory
+                .host_region()
+                .and_then(|r| r.window(self.mapping.offset, self.mapping.size)),
+            dirty: self.dirty.clone(),
+            mapping: self.mapping.clone(),
+        }
     }
 }
 
@@ -88,20 +111,38 @@ pub(crate) struct Table {
     firsts: Vec<u64>,
     chunks: Vec<Arc<Chunk>>,
     len: usize,
+    /// Device-level DMA logs that every write marks.
+    pub(crate) device_logs: Arc<[Arc<DeviceLog>]>,
 }
 
 impl Table {
     pub(crate) fn empty() -> Table {
-        Table::from_chunks(Vec::new())
+        Table::from_chunks(Vec::new(), Arc::from([]))
     }
 
-    fn from_chunks(chunks: Vec<Arc<Chunk>>) -> Table {
+    fn from_chunks(chunks: Vec<Arc<Chunk>>, device_logs: Arc<[Arc<DeviceLog>]>) -> Table {
         Table {
             gen: NEXT_GEN.fetch_add(1, Ordering::Relaxed),
             firsts: chunks.iter().map(|c| c.starts[0]).collect(),
             len: chunks.iter().map(|c| c.entries.len()).sum(),
             chunks,
+            device_logs,
         }
+    }
+
+    /// The same entries with other device logs.
+    pub(crate) fn with_device_logs(&self, device_logs: Arc<[Arc<DeviceLog>]>) -> Table {
+        Table::from_chunks(self.chunks.clone(), device_logs)
+    }
+
+    /// Every entry replaced by `f(entry)` (same mapping, same place).
+    pub(crate) fn rebuilt(&self, f: impl Fn(&Entry) -> Entry) -> Table {
+        let chunks = self
+            .chunks
+            .iter()
+            .map(|c| Arc::new(Chunk::from_entries(c.entries.iter().map(&f).collect())))
+            .collect();
+        Table::from_chunks(chunks, self.device_logs.clone())
     }
 
     /// Number of entries.
@@ -194,7 +235,7 @@ impl Table {
         let mut chunks = self.chunks.clone();
         if chunks.is_empty() {
             chunks.push(Arc::new(Chunk::from_entries(vec![entry])));
-            return Table::from_chunks(chunks);
+            return Table::from_chunks(chunks, self.device_logs.clone());
         }
         let at = self
             .firsts
@@ -212,11 +253,11 @@ impl Table {
         } else {
             chunks[at] = Arc::new(chunk);
         }
-        Table::from_chunks(chunks)
+        Table::from_chunks(chunks, self.device_logs.clone())
     }
 
     /// A new table without the entries that start in `[start, last]`, and those entries.
-    pub(crate) fn without(&self, start: u64, last: u64) -> (Table, Vec<Arc<Mapping>>) {
+    pub(crate) fn without(&self, start: u64, last: u64) -> (Table, Vec<Entry>) {
         let Some(first) = self.ceil(start) else {
             return (self.share(), Vec::new());
         };
@@ -234,7 +275,7 @@ impl Table {
             for c in chunks {
                 for e in &c.entries {
                     if e.start >= start && e.start <= last {
-                        removed.push(e.mapping.clone());
+                        removed.push(e.clone());
                     } else {
                         kept.push(e.clone());
                     }
@@ -261,12 +302,15 @@ impl Table {
             chunks.push(Arc::new(Chunk::from_entries(part)));
         }
         chunks.extend(self.chunks[hi + 1..].iter().cloned());
-        (Table::from_chunks(chunks), removed)
+        (
+            Table::from_chunks(chunks, self.device_logs.clone()),
+            removed,
+        )
     }
 
     /// The same entries under a new generation.
     fn share(&self) -> Table {
-        Table::from_chunks(self.chunks.clone())
+        Table::from_chunks(self.chunks.clone(), self.device_logs.clone())
     }
 }
 
@@ -278,13 +322,10 @@ mod tests {
 
     fn entry(start: u64, size: u64) -> Entry {
         let memory = Arc::new(OwnedMemory::new(size as usize).unwrap());
-        Entry::new(Arc::new(Mapping::new(
-            Iova(start),
-            size,
-            Prot::READ,
-            memory,
-            0,
-        )))
+        Entry::new(
+            Arc::new(Mapping::new(Iova(start), size, Prot::READ, memory, 0)),
+            None,
+        )
     }
 
     #[test]
