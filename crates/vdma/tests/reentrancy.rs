@@ -40,7 +40,12 @@ fn map_and_unmap_from_inside_an_access_is_edeadlk() {
         seen: Mutex::new(Vec::new()),
     });
     space
-        .map(Iova(0x10000), 4096, Backing::memory(meddler.clone(), 0), Prot::READ)
+        .map(
+            Iova(0x10000),
+            4096,
+            Backing::memory(meddler.clone(), 0),
+            Prot::READ,
+        )
         .unwrap();
     space.attach_group(GroupId(1)).unwrap();
     let h = space.group_handle(GroupId(1)).unwrap();
