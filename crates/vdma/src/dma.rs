@@ -13,7 +13,7 @@ use crate::container::Space;
 use crate::error::{Error, Result};
 use crate::prot::{Direction, Prot};
 use crate::rcu;
-use crate::table::Entry;
+use crate::table::{Entry, Table};
 
 /// The caller's side of one access.
 pub(crate) enum Xfer<'b> {
@@ -76,60 +76,62 @@ impl Space {
         if len == 0 {
             return Err(Error::ZeroLength);
         }
-        let last = iova.last_of(len).ok_or(Error::Overflow { iova, len })?.0;
+        let Some(Iova(last)) = iova.last_of(len) else {
+            return Err(Error::Overflow { iova, len });
+        };
         let needs = xfer.needs();
 
-        rcu::read(|guard| {
-            let table = self.table.load(guard);
-            let first = table
-                .find_hinted(iova.0, guard)
-                .ok_or(Error::NotMapped { iova })?;
-
-            if last <= first.last {
-                if !first.prot.contains(needs) {
-                    return Err(Error::Permission {
-                        iova,
-                        needed: needs,
-                    });
-                }
-                return xfer.copy(first, iova.0, 0, len as usize);
+        let guard = rcu::enter();
+        let table = self.table.load(&guard);
+        match table.find_hinted(iova.0, &guard) {
+            // The whole range inside one mapping that permits the access: copy.
+            Some(first) if last <= first.last && first.prot.contains(needs) => {
+                xfer.copy(first, iova.0, 0, len as usize)
             }
-
-            // The range crosses mappings: validate all of it, then copy.
-            let start = table
-                .find(iova.0)
-                .expect("the hinted entry is in the table");
-            let mut pos = start;
-            let mut at = iova.0;
-            loop {
-                let e = table.entry(pos);
-                if e.start > at {
-                    return Err(Error::NotMapped { iova: Iova(at) });
-                }
-                if !e.prot.contains(needs) {
-                    return Err(Error::Permission {
-                        iova: Iova(at),
-                        needed: needs,
-                    });
-                }
-                if e.last >= last {
-                    break;
-                }
-                at = e.last + 1;
-                pos = table.next(pos).ok_or(Error::NotMapped { iova: Iova(at) })?;
-            }
-            let first_len = (first.last - iova.0 + 1) as usize;
-            xfer.copy(first, iova.0, 0, first_len)?;
-            let mut done = first_len;
-            pos = start;
-            while (done as u64) < len {
-                pos = table.next(pos).expect("validated above");
-                let e = table.entry(pos);
-                let n = ((e.last - e.start) as u128 + 1).min((len - done as u64) as u128) as usize;
-                xfer.copy(e, e.start, done, n)?;
-                done += n;
-            }
-            Ok(())
-        })
+            // Anything else: a hole, a permission error, or a range over several mappings.
+            _ => cross(table, iova, last, xfer),
+        }
+        // `guard` drops here: the read section ends after the last byte moved.
     }
+}
+
+/// Steps 5 and 6 for a range that is not wholly inside one permitting mapping: validate every
+/// byte's mapping and permission, then copy mapping by mapping.
+#[inline(never)]
+fn cross(table: &Table, iova: Iova, last: u64, mut xfer: Xfer<'_>) -> Result<()> {
+    let needs = xfer.needs();
+    let len = xfer.len();
+    let start = table.find(iova.0).ok_or(Error::NotMapped { iova })?;
+    let mut pos = start;
+    let mut at = iova.0;
+    loop {
+        let e = table.entry(pos);
+        if e.start > at {
+            return Err(Error::NotMapped { iova: Iova(at) });
+        }
+        if !e.prot.contains(needs) {
+            return Err(Error::Permission {
+                iova: Iova(at),
+                needed: needs,
+            });
+        }
+        if e.last >= last {
+            break;
+        }
+        at = e.last + 1;
+        pos = table.next(pos).ok_or(Error::NotMapped { iova: Iova(at) })?;
+    }
+    // Validated: copy piece by piece, each piece the part of the range in one mapping.
+    let mut pos = Some(start);
+    let mut at = iova.0;
+    let mut done = 0usize;
+    while done < len {
+        let e = table.entry(pos.expect("validated above"));
+        let n = ((e.last - at) as u128 + 1).min((len - done) as u128) as usize;
+        xfer.copy(e, at, done, n)?;
+        done += n;
+        at = at.wrapping_add(n as u64);
+        pos = table.next(pos.expect("validated above"));
+    }
+    Ok(())
 }
