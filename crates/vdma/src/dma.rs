@@ -6,7 +6,7 @@
 //! 4. Fast path: the whole range is inside it. Check the permission, copy, done.
 //! 5. Otherwise walk the adjacent mappings to the last byte, checking coverage and permission of
 //!    every one before any byte moves (all or nothing), then copy piece by piece.
-//! 6. A write marks the pages each piece touched in the dirty logs, after the piece is copied.
+//! 6. A write marks the pages each piece touched in the dirty logs, once the piece is copied.
 //! 7. Leave the read section; an `unmap` waiting for it may now free the memory.
 
 use crate::address::Iova;
@@ -82,74 +82,77 @@ impl Space {
         if len == 0 {
             return Err(Error::ZeroLength);
         }
-        let last = iova.last_of(len).ok_or(Error::Overflow { iova, len })?.0;
+        let Some(Iova(last)) = iova.last_of(len) else {
+            return Err(Error::Overflow { iova, len });
+        };
         let needs = xfer.needs();
 
-        rcu::read(|guard| {
-            let table = self.table.load(guard);
-            let first = table
-                .find_hinted(iova.0, guard)
-                .ok_or(Error::NotMapped { iova })?;
-
-            if last <= first.last {
-                if !first.prot.contains(needs) {
-                    return Err(Error::Permission {
-                        iova,
-                        needed: needs,
-                    });
-                }
-                return xfer.copy(first, iova.0, 0, len as usize);
-            }
-
-            // The range crosses mappings: validate all of it, then copy.
-            let start = table
-                .find(iova.0)
-                .expect("the hinted entry is in the table");
-            let mut pos = start;
-            let mut at = iova.0;
-            loop {
-                let e = table.entry(pos);
-                if e.start > at {
-                    return Err(Error::NotMapped { iova: Iova(at) });
-                }
-                if !e.prot.contains(needs) {
-                    return Err(Error::Permission {
-                        iova: Iova(at),
-                        needed: needs,
-                    });
-                }
-                if e.last >= last {
-                    break;
-                }
-                at = e.last + 1;
-                pos = table.next(pos).ok_or(Error::NotMapped { iova: Iova(at) })?;
-            }
-            let first_len = (first.last - iova.0 + 1) as usize;
-            xfer.copy(first, iova.0, 0, first_len)?;
-            if xfer.is_write() {
-                mark_dirty(table, first, iova.0, first.last);
-            }
-            let mut done = first_len;
-            pos = start;
-            while (done as u64) < len {
-                pos = table.next(pos).expect("validated above");
-                let e = table.entry(pos);
-                let n = ((e.last - e.start) as u128 + 1).min((len - done as u64) as u128) as usize;
-                xfer.copy(e, e.start, done, n)?;
+        let guard = rcu::enter();
+        let table = self.table.load(&guard);
+        match table.find_hinted(iova.0, &guard) {
+            // The whole range inside one mapping that permits the access: copy.
+            Some(first) if last <= first.last && first.prot.contains(needs) => {
+                xfer.copy(first, iova.0, 0, len as usize)?;
                 if xfer.is_write() {
-                    mark_dirty(table, e, e.start, e.start + (n as u64 - 1));
+                    mark_dirty(table, first, iova.0, last);
                 }
-                done += n;
+                Ok(())
             }
-            Ok(())
-        })
+            // Anything else: a hole, a permission error, or a range over several mappings.
+            _ => cross(table, iova, last, xfer),
+        }
+        // `guard` drops here: the read section ends after the last byte moved.
     }
+}
+
+/// Steps 5 and 6 for a range that is not wholly inside one permitting mapping: validate every
+/// byte's mapping and permission, then copy mapping by mapping.
+#[inline(never)]
+fn cross(table: &Table, iova: Iova, last: u64, mut xfer: Xfer<'_>) -> Result<()> {
+    let needs = xfer.needs();
+    let len = xfer.len();
+    let start = table.find(iova.0).ok_or(Error::NotMapped { iova })?;
+    let mut pos = start;
+    let mut at = iova.0;
+    loop {
+        let e = table.entry(pos);
+        if e.start > at {
+            return Err(Error::NotMapped { iova: Iova(at) });
+        }
+        if !e.prot.contains(needs) {
+            return Err(Error::Permission {
+                iova: Iova(at),
+                needed: needs,
+            });
+        }
+        if e.last >= last {
+            break;
+        }
+        at = e.last + 1;
+        pos = table.next(pos).ok_or(Error::NotMapped { iova: Iova(at) })?;
+    }
+    // Validated: copy piece by piece, each piece the part of the range in one mapping.
+    let mut pos = Some(start);
+    let mut at = iova.0;
+    let mut done = 0usize;
+    while done < len {
+        let e = table.entry(pos.expect("validated above"));
+        let n = ((e.last - at) as u128 + 1).min((len - done) as u128) as usize;
+        xfer.copy(e, at, done, n)?;
+        if xfer.is_write() {
+            mark_dirty(table, e, at, at + (n as u64 - 1));
+        }
+        done += n;
+        at = at.wrapping_add(n as u64);
+        pos = table.next(pos.expect("validated above"));
+    }
+    Ok(())
 }
 
 /// Marks `[iova, last]`, just written through `entry`, in the container-level log of its
 /// mapping and in every device log.
 #[inline(always)]
-fn mark_dirty(table: &Table, entry: &Entry, iova: u64, last: u64) {
+pub(crate) fn mark_dirty(table: &Table, entry: &Entry, iova: u64, last: u64) {
     if let Some(log) = &entry.dirty {
         log.mark(iova, last);
     }

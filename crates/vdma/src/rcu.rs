@@ -143,75 +143,113 @@ impl ReaderState {
     }
 }
 
+/// Owns this thread's reader state; deregisters it when the thread exits.
 struct Reader(ReaderState);
 
 impl Drop for Reader {
     fn drop(&mut self) {
+        CURRENT.with(|c| c.set(DEAD));
         let mut readers = READERS.lock().unwrap_or_else(|e| e.into_inner());
         readers.retain(|s| !Arc::ptr_eq(s, &self.0.slot));
     }
 }
 
+/// `CURRENT` after this thread's `Reader` was destroyed (a DMA from another thread-local's
+/// destructor): such sections use the shared fallback reader.
+const DEAD: *const ReaderState = 1 as *const ReaderState;
+
 thread_local! {
-    static READER: Reader = Reader(ReaderState::new());
+    static OWNER: Reader = Reader(ReaderState::new());
+    /// This thread's reader state, for the fast path: null until first use, `DEAD` after.
+    /// Const-initialized and without a destructor, so reading it is one thread-relative load.
+    static CURRENT: Cell<*const ReaderState> = const { Cell::new(std::ptr::null()) };
 }
 
-/// Proof of being inside a read section; what is loaded from an [`RcuCell`] lives as long as it.
-pub(crate) struct Guard<'a> {
-    state: &'a ReaderState,
+/// Proof of being inside a read section; what is loaded from an [`RcuCell`] lives as long as
+/// it. Not `Send`: it belongs to the thread that entered.
+pub(crate) struct Guard {
+    state: *const ReaderState,
+    _fallback: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
-impl Guard<'_> {
+impl Guard {
+    #[inline(always)]
+    fn state(&self) -> &ReaderState {
+        // SAFETY: `state` is this thread's reader (alive until the thread exits, and a Guard is
+        // neither Send nor outlives the thread) or the static fallback reader.
+        unsafe { &*self.state }
+    }
+
     /// The thread's hint.
     #[inline(always)]
     pub(crate) fn hint(&self) -> Hint {
-        self.state.hint.get()
+        self.state().hint.get()
     }
 
     /// Replaces the thread's hint.
     #[inline(always)]
     pub(crate) fn set_hint(&self, hint: Hint) {
-        self.state.hint.set(hint)
+        self.state().hint.set(hint)
     }
 }
 
-impl Drop for Guard<'_> {
+impl Drop for Guard {
     #[inline(always)]
     fn drop(&mut self) {
-        self.state.exit();
+        self.state().exit();
     }
 }
 
-/// Runs `f` inside a read section. Sections nest. `f` must not wait for a grace period.
+/// Enters a read section, which lasts until the guard is dropped. Sections nest. No grace
+/// period may be waited for inside one.
 #[inline(always)]
-pub(crate) fn read<R>(f: impl FnOnce(&Guard<'_>) -> R) -> R {
-    let mut f = Some(f);
-    let done = READER.try_with(|r| {
-        r.0.enter();
-        let guard = Guard { state: &r.0 };
-        let f = f.take().expect("called once");
-        f(&guard)
-    });
-    match done {
-        Ok(r) => r,
-        Err(_) => {
-            let _lock = FALLBACK.lock().unwrap_or_else(|e| e.into_inner());
-            let state = FALLBACK_READER.get_or_init(ReaderState::new);
-            state.enter();
-            let guard = Guard { state };
-            let f = f.take().expect("called once");
-            f(&guard)
+pub(crate) fn enter() -> Guard {
+    let state = CURRENT.with(|c| c.get());
+    if state as usize > DEAD as usize {
+        // SAFETY: a pointer other than null and DEAD is this thread's live reader state.
+        unsafe { &*state }.enter();
+        return Guard {
+            state,
+            _fallback: None,
+        };
+    }
+    enter_slow()
+}
+
+#[cold]
+#[inline(never)]
+fn enter_slow() -> Guard {
+    if CURRENT.with(|c| c.get()).is_null() {
+        if let Ok(state) = OWNER.try_with(|r| &r.0 as *const ReaderState) {
+            CURRENT.with(|c| c.set(state));
+            return enter();
         }
     }
+    let lock = FALLBACK.lock().unwrap_or_else(|e| e.into_inner());
+    let state: &'static ReaderState = FALLBACK_READER.get_or_init(ReaderState::new);
+    state.enter();
+    Guard {
+        state,
+        _fallback: Some(lock),
+    }
+}
+
+/// Runs `f` inside a read section.
+#[inline(always)]
+pub(crate) fn read<R>(f: impl FnOnce(&Guard) -> R) -> R {
+    let guard = enter();
+    f(&guard)
 }
 
 /// EDEADLK if this thread is inside a read section, where waiting for a grace period would wait
 /// for itself (a `Memory` implementation calling `unmap` from `read_at`, say).
 pub(crate) fn check_outside() -> Result<()> {
-    match READER.try_with(|r| r.0.depth.get() > 0) {
-        Ok(true) => Err(Error::Reentrant),
-        _ => Ok(()),
+    let state = CURRENT.with(|c| c.get());
+    // SAFETY: as in `enter`.
+    if state as usize > DEAD as usize && unsafe { &*state }.depth.get() > 0 {
+        return Err(Error::Reentrant);
     }
+    Ok(())
 }
 
 /// Waits until every read section that might have seen a pointer replaced before this call has
@@ -254,7 +292,7 @@ impl<T> RcuCell<T> {
 
     /// The current value, valid for the read section.
     #[inline(always)]
-    pub(crate) fn load<'g>(&self, _guard: &'g Guard<'_>) -> &'g T {
+    pub(crate) fn load<'g>(&self, _guard: &'g Guard) -> &'g T {
         // SAFETY: the writer keeps every value that was published alive until a grace period
         // has passed after it was replaced (`synchronize`), and this read section started before
         // that grace period could end.

@@ -189,7 +189,7 @@ impl Table {
 
     /// The entry containing `iova`, trying the thread's hint first and updating it.
     #[inline(always)]
-    pub(crate) fn find_hinted<'g>(&'g self, iova: u64, guard: &Guard<'_>) -> Option<&'g Entry> {
+    pub(crate) fn find_hinted<'g>(&'g self, iova: u64, guard: &Guard) -> Option<&'g Entry> {
         let hint = guard.hint();
         if hint.gen == self.gen {
             // SAFETY: the hint was set from a table with this generation; generations are unique,

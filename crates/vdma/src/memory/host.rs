@@ -87,14 +87,14 @@ impl HostRegion {
     /// region (nothing copied) or the memory faulted (its file shrank; `buf` holds junk).
     #[inline]
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> bool {
-        if !self.fits(offset, buf.len()) || self.faulted() {
+        if !self.fits(offset, buf.len()) {
             return false;
         }
         // SAFETY: the range was checked to lie inside the region, which is mapped readable by
         // the contract of `new`; `buf` is private memory of the caller and cannot overlap shared
         // memory it holds a `&mut` to. No reference into the region is made.
         unsafe {
-            std::ptr::copy_nonoverlapping(
+            copy(
                 self.base.as_ptr().add(offset as usize),
                 buf.as_mut_ptr(),
                 buf.len(),
@@ -107,13 +107,13 @@ impl HostRegion {
     /// or the memory faulted (its file shrank).
     #[inline]
     pub fn write(&self, offset: u64, buf: &[u8]) -> bool {
-        if !self.fits(offset, buf.len()) || self.faulted() {
+        if !self.fits(offset, buf.len()) {
             return false;
         }
         // SAFETY: the range lies inside the region; the crate only writes to regions of mappings
         // whose protection includes WRITE, which are mapped writable. No reference is made.
         unsafe {
-            std::ptr::copy_nonoverlapping(
+            copy(
                 buf.as_ptr(),
                 self.base.as_ptr().add(offset as usize),
                 buf.len(),
@@ -122,8 +122,10 @@ impl HostRegion {
         !self.faulted()
     }
 
-    /// Whether this region's file memory has faulted. The fence keeps the check after the copy
-    /// (the handler runs on this thread, so a compiler fence is enough).
+    /// Whether this region's file memory has faulted (checked after a copy: a copy into a
+    /// poisoned region touches only the anonymous pages the handler put there). The fence keeps
+    /// the check after the copy (the handler runs on this thread, so a compiler fence is
+    /// enough).
     #[inline(always)]
     fn faulted(&self) -> bool {
         compiler_fence(Ordering::SeqCst);
@@ -133,5 +135,30 @@ impl HostRegion {
     #[inline]
     fn fits(&self, offset: u64, len: usize) -> bool {
         offset <= self.len as u64 && len as u64 <= self.len as u64 - offset
+    }
+}
+
+/// Copies `len` bytes; register-sized transfers (device registers, descriptors) as one load and
+/// one store, the rest with `memcpy`.
+///
+/// # Safety
+/// `src` must be readable and `dst` writable for `len` bytes, and the ranges must not overlap.
+#[inline(always)]
+unsafe fn copy(src: *const u8, dst: *mut u8, len: usize) {
+    // SAFETY: forwarded to the caller; unaligned accesses are explicit.
+    unsafe {
+        match len {
+            8 => dst
+                .cast::<u64>()
+                .write_unaligned(src.cast::<u64>().read_unaligned()),
+            4 => dst
+                .cast::<u32>()
+                .write_unaligned(src.cast::<u32>().read_unaligned()),
+            2 => dst
+                .cast::<u16>()
+                .write_unaligned(src.cast::<u16>().read_unaligned()),
+            1 => *dst = *src,
+            _ => std::ptr::copy_nonoverlapping(src, dst, len),
+        }
     }
 }

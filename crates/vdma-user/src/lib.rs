@@ -1,0 +1,2 @@
+//! vfio-user for vdma: the protocol, a server and a client.
+#![warn(missing_docs)]
