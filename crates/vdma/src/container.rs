@@ -148,7 +148,8 @@ impl Container {
         }
         let (memory, offset) = backing.resolve(size, prot)?;
         let mapping = Arc::new(Mapping::new(iova, size, prot, memory, offset));
-        let table = Arc::new(control.current.with(Entry::new(mapping, control.tracking)));
+        let entry = Entry::new(mapping, control.tracking)?;
+        let table = Arc::new(control.current.with(entry));
         space.replace(&mut control, table);
         if control.retired.len() >= RETIRE_BATCH {
             rcu::synchronize();

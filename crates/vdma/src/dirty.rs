@@ -15,6 +15,8 @@
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use crate::address::Iova;
+use crate::error::{Error, Result};
+use crate::tracking::check_bitmap_pages;
 
 /// The result of a dirty report.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,6 +140,18 @@ fn words(pages: u64) -> usize {
     pages.div_ceil(64) as usize
 }
 
+/// A zeroed buffer for `pages` bits, or ENOMEM.
+fn try_zeroed(pages: u64) -> Result<*mut u64> {
+    let mut v: Vec<u64> = Vec::new();
+    v.try_reserve_exact(words(pages)).map_err(|_| Error::Os {
+        op: "allocate a dirty bitmap",
+        source: std::io::Error::from_raw_os_error(libc::ENOMEM),
+    })?;
+    v.resize(words(pages), 0);
+    Ok(Box::into_raw(v.into_boxed_slice()) as *mut u64)
+}
+
+/// A zeroed buffer for `pages` bits; the size was accepted once already.
 fn zeroed(pages: u64) -> *mut u64 {
     Box::into_raw(vec![0u64; words(pages)].into_boxed_slice()) as *mut u64
 }
@@ -154,16 +168,18 @@ impl Taken {
 }
 
 impl DirtyLog {
-    /// A clear log over the pages that `[start, last]` touches, `1 << shift` bytes each.
-    pub(crate) fn new(start: u64, last: u64, shift: u32) -> DirtyLog {
+    /// A clear log over the pages that `[start, last]` touches, `1 << shift` bytes each. E2BIG
+    /// past [`crate::MAX_BITMAP_PAGES`], ENOMEM if the bitmap cannot be allocated.
+    pub(crate) fn new(start: u64, last: u64, shift: u32) -> Result<DirtyLog> {
         let first_page = start >> shift;
         let pages = (last >> shift) - first_page + 1;
-        DirtyLog {
+        check_bitmap_pages(pages)?;
+        Ok(DirtyLog {
             first_page,
             pages,
             shift,
-            active: AtomicPtr::new(zeroed(pages)),
-        }
+            active: AtomicPtr::new(try_zeroed(pages)?),
+        })
     }
 
     pub(crate) fn first_page(&self) -> u64 {
@@ -254,7 +270,7 @@ mod tests {
 
     #[test]
     fn mark_sets_exactly_the_touched_pages() {
-        let log = DirtyLog::new(0x10000, 0x10000 + 200 * 4096 - 1, 12);
+        let log = DirtyLog::new(0x10000, 0x10000 + 200 * 4096 - 1, 12).unwrap();
         log.mark(0x10000 + 4095, 0x10000 + 4096); // pages 0 and 1
         log.mark(0x10000 + 70 * 4096 + 5, 0x10000 + 130 * 4096); // 70..=130, three words
         log.mark(0, 0xffff); // before the log

@@ -194,6 +194,12 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// Two DMA logging ranges overlap, the second starting at `iova` (EINVAL).
+    #[error("logging ranges overlap at {iova}")]
+    RangesOverlap {
+        /// Start of the later range.
+        iova: Iova,
+    },
     /// The device already logs DMA (EBUSY).
     #[error("device {device} already logs DMA")]
     LoggingActive {
@@ -232,6 +238,7 @@ impl Error {
             | Error::BackingTooShort { .. }
             | Error::NoHostAddress { .. }
             | Error::NoUnmapCallback
+            | Error::RangesOverlap { .. }
             | Error::NotTracking
             | Error::BadPageSize { .. }
             | Error::InvalidConfig(_) => libc::EINVAL,

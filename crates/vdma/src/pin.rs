@@ -9,8 +9,9 @@
 //! takes it.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::address::{HostAddr, Iova};
 use crate::container::{Control, Space};
@@ -230,9 +231,11 @@ impl Space {
         }
         if self.config.mlock {
             for (i, &(host, n)) in fresh.iter().enumerate() {
-                if let Err(e) = mlock(host, (n * ps) as usize) {
+                if let Err(e) = lock_pages(host, n as usize, ps as usize) {
                     for &(h, n) in &fresh[..i] {
-                        munlock(h, (n * ps) as usize);
+                        for p in 0..n as usize {
+                            unlock_page(h + p * ps as usize, ps as usize);
+                        }
                     }
                     self.locked.fetch_sub(bytes, Ordering::SeqCst);
                     release_all();
@@ -258,6 +261,7 @@ impl Space {
         let ps = self.check_pin_args(iova, npages)?;
         let _pins = self.pin_lock.lock().unwrap_or_else(|e| e.into_inner());
         // A page that is not mapped is skipped, not an error.
+        let mut written = Vec::new();
         for run in self.runs(iova, npages, Prot::NONE, true)? {
             let mut counts = run.mapping.pins();
             let mut unpinned = 0;
@@ -268,19 +272,25 @@ impl Space {
                 };
                 c.total -= 1;
                 // Which pin goes is not known: keep WRITE pins the longest (a page stays dirty
-                // while any may remain).
-                c.write = c.write.min(c.total);
+                // while any may remain). A WRITE pin that goes leaves its page dirty.
+                if c.write > c.total {
+                    c.write = c.total;
+                    written.push(run.mapping.iova.0 + page * ps);
+                }
                 unpinned += 1;
                 if c.total == 0 {
                     counts.remove(&page);
                     if let (Some(host), true) = (run.host, self.config.mlock) {
-                        munlock(host + (i * ps) as usize, ps as usize);
+                        unlock_page(host + (i * ps) as usize, ps as usize);
                     }
                     self.locked.fetch_sub(ps, Ordering::SeqCst);
                 }
             }
             drop(counts);
             run.mapping.release_n(unpinned);
+        }
+        for page in written {
+            self.mark_written(page, page + (ps - 1));
         }
         Ok(())
     }
@@ -294,6 +304,54 @@ pub(crate) fn write_pinned(mapping: &Mapping) -> Vec<u64> {
         .filter(|(_, c): &(&u64, &PinCount)| c.write > 0)
         .map(|(&i, _)| i)
         .collect()
+}
+
+/// How often each host page is locked by pins, over every mapping and address space: `mlock`
+/// does not nest, and mappings of one file share host pages.
+static LOCKED_PAGES: Mutex<Option<HashMap<usize, u32>>> = Mutex::new(None);
+
+/// Locks `n` host pages of `page_size` from `host`; only pages not locked yet are `mlock`ed.
+fn lock_pages(host: usize, n: usize, page_size: usize) -> Result<()> {
+    let mut locked = LOCKED_PAGES.lock().unwrap_or_else(|e| e.into_inner());
+    let locked = locked.get_or_insert_with(HashMap::new);
+    let fresh: Vec<usize> = (0..n)
+        .map(|i| host + i * page_size)
+        .filter(|p| !locked.contains_key(p))
+        .collect();
+    // mlock runs of fresh pages, one call each.
+    let mut i = 0;
+    while i < fresh.len() {
+        let mut j = i + 1;
+        while j < fresh.len() && fresh[j] == fresh[j - 1] + page_size {
+            j += 1;
+        }
+        if let Err(e) = mlock(fresh[i], (j - i) * page_size) {
+            for &p in &fresh[..i] {
+                munlock(p, page_size);
+            }
+            return Err(e);
+        }
+        i = j;
+    }
+    for p in 0..n {
+        *locked.entry(host + p * page_size).or_insert(0) += 1;
+    }
+    Ok(())
+}
+
+/// Gives back one lock of the host page at `host`; `munlock`s it when none remain.
+fn unlock_page(host: usize, page_size: usize) {
+    let mut locked = LOCKED_PAGES.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(locked) = locked.as_mut() else {
+        return;
+    };
+    if let Some(count) = locked.get_mut(&host) {
+        *count -= 1;
+        if *count == 0 {
+            locked.remove(&host);
+            munlock(host, page_size);
+        }
+    }
 }
 
 fn mlock(host: usize, len: usize) -> Result<()> {

@@ -32,6 +32,8 @@ pub struct Segment {
 pub struct Segments {
     segments: Vec<Segment>,
     held: Vec<Arc<Mapping>>,
+    /// The address space, to mark the memory dirty on drop if translated for WRITE.
+    written: Option<Arc<Space>>,
 }
 
 impl Segments {
@@ -53,6 +55,13 @@ impl Segments {
 
 impl Drop for Segments {
     fn drop(&mut self) {
+        // The device may have written through the pointers: that dirt is logged now, while the
+        // mappings are still held.
+        if let Some(space) = &self.written {
+            for s in &self.segments {
+                space.mark_written(s.iova.0, s.iova.0 + (s.len as u64 - 1));
+            }
+        }
         for m in &self.held {
             m.release();
         }
@@ -63,7 +72,12 @@ impl Space {
     /// Translates `[iova, iova + len)` for an access needing `prot` (semantics of §3: EINVAL for
     /// zero length or a hole, EOVERFLOW on wrap, EPERM for a missing permission; EINVAL for
     /// memory with no host address, EAGAIN for a mapping being unmapped).
-    pub(crate) fn translate(&self, iova: Iova, len: usize, prot: Prot) -> Result<Segments> {
+    pub(crate) fn translate(
+        self: &Arc<Self>,
+        iova: Iova,
+        len: usize,
+        prot: Prot,
+    ) -> Result<Segments> {
         if len == 0 {
             return Err(Error::ZeroLength);
         }
@@ -79,6 +93,7 @@ impl Space {
             let mut out = Segments {
                 segments: Vec::new(),
                 held: Vec::new(),
+                written: None,
             };
             let mut at = iova.0;
             let mut pos = table.find(at).ok_or(Error::NotMapped { iova })?;
@@ -106,6 +121,9 @@ impl Space {
                     len: (end - at + 1) as usize,
                 });
                 if end == last {
+                    if prot.contains(Prot::WRITE) {
+                        out.written = Some(self.clone());
+                    }
                     return Ok(out);
                 }
                 at = end + 1;

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::dirty::DirtyLog;
+use crate::error::Result;
 use crate::mapping::Mapping;
 use crate::memory::HostRegion;
 use crate::prot::Prot;
@@ -38,26 +39,26 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    /// An entry for `mapping`, with a dirty log of pages of `1 << shift` bytes if tracking.
-    pub(crate) fn new(mapping: Arc<Mapping>, tracking: Option<u32>) -> Entry {
+    /// An entry for `mapping`, with a dirty log of pages of `1 << shift` bytes if tracking
+    /// (E2BIG or ENOMEM if that log cannot be made).
+    pub(crate) fn new(mapping: Arc<Mapping>, tracking: Option<u32>) -> Result<Entry> {
         let host = mapping
             .memory
             .host_region()
             .and_then(|r| r.window(mapping.offset, mapping.size));
-        Entry {
+        let last = mapping.iova.0 + (mapping.size - 1);
+        let dirty = match tracking {
+            Some(shift) => Some(Arc::new(DirtyLog::new(mapping.iova.0, last, shift)?)),
+            None => None,
+        };
+        Ok(Entry {
             start: mapping.iova.0,
-            last: mapping.iova.0 + (mapping.size - 1),
+            last,
             prot: mapping.prot,
             host,
-            dirty: tracking.map(|shift| {
-                Arc::new(DirtyLog::new(
-                    mapping.iova.0,
-                    mapping.iova.0 + (mapping.size - 1),
-                    shift,
-                ))
-            }),
+            dirty,
             mapping,
-        }
+        })
     }
 
     #[inline(always)]
@@ -135,14 +136,14 @@ impl Table {
         Table::from_chunks(self.chunks.clone(), device_logs)
     }
 
-    /// Every entry replaced by `f(entry)` (same mapping, same place).
-    pub(crate) fn rebuilt(&self, f: impl Fn(&Entry) -> Entry) -> Table {
-        let chunks = self
-            .chunks
-            .iter()
-            .map(|c| Arc::new(Chunk::from_entries(c.entries.iter().map(&f).collect())))
-            .collect();
-        Table::from_chunks(chunks, self.device_logs.clone())
+    /// Every entry replaced by `f(entry)` (same mapping, same place), or `f`'s first error.
+    pub(crate) fn rebuilt(&self, f: impl Fn(&Entry) -> Result<Entry>) -> Result<Table> {
+        let mut chunks = Vec::with_capacity(self.chunks.len());
+        for c in &self.chunks {
+            let entries = c.entries.iter().map(&f).collect::<Result<Vec<_>>>()?;
+            chunks.push(Arc::new(Chunk::from_entries(entries)));
+        }
+        Ok(Table::from_chunks(chunks, self.device_logs.clone()))
     }
 
     /// Number of entries.
@@ -326,6 +327,7 @@ mod tests {
             Arc::new(Mapping::new(Iova(start), size, Prot::READ, memory, 0)),
             None,
         )
+        .unwrap()
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::address::Iova;
 use crate::container::{check_no_straddle, Container, Space};
 use crate::dirty::{Bitmap, DirtyLog, Taken};
+use crate::dma::mark_dirty;
 use crate::error::{Error, Result};
 use crate::handle::DeviceId;
 use crate::rcu;
@@ -26,7 +27,7 @@ pub const MAX_BITMAP_PAGES: u64 = 1 << 32;
 /// Most ranges one device log may have (vfio-user's DMA_LOGGING_START).
 pub const MAX_LOG_RANGES: usize = 256;
 
-fn check_bitmap_pages(pages: u64) -> Result<()> {
+pub(crate) fn check_bitmap_pages(pages: u64) -> Result<()> {
     if pages > MAX_BITMAP_PAGES {
         return Err(Error::BitmapTooLarge {
             pages,
@@ -59,13 +60,10 @@ impl Container {
             Some(_) => return Err(Error::BadPageSize { page_size }),
             None => {}
         }
-        for e in control.current.iter() {
-            check_bitmap_pages(((e.last >> shift) - (e.start >> shift)).saturating_add(1))?;
-        }
-        control.tracking = Some(shift);
         let table = control
             .current
-            .rebuilt(|e| Entry::new(e.mapping.clone(), Some(shift)));
+            .rebuilt(|e| Entry::new(e.mapping.clone(), Some(shift)))?;
+        control.tracking = Some(shift);
         space.replace(&mut control, Arc::new(table));
         // Writers still using a table without logs finish before this returns.
         rcu::synchronize();
@@ -82,7 +80,7 @@ impl Container {
         }
         let table = control
             .current
-            .rebuilt(|e| Entry::new(e.mapping.clone(), None));
+            .rebuilt(|e| Entry::new(e.mapping.clone(), None))?;
         space.replace(&mut control, Arc::new(table));
         Ok(())
     }
@@ -205,6 +203,23 @@ impl DeviceLog {
 }
 
 impl Space {
+    /// Marks `[iova, last]` dirty in both kinds of logs, as a DMA write there would: for memory
+    /// written through pins and segments, which `dma_rw` never saw. Unmapped bytes are skipped.
+    pub(crate) fn mark_written(&self, iova: u64, last: u64) {
+        rcu::read(|guard| {
+            let table = self.table.load(guard);
+            let mut pos = table.ceil(iova);
+            while let Some(p) = pos {
+                let e = table.entry(p);
+                if e.start > last {
+                    break;
+                }
+                mark_dirty(table, e, e.start.max(iova), e.last.min(last));
+                pos = table.next(p);
+            }
+        })
+    }
+
     /// Starts device-level DMA logging of `ranges` at `page_size` for `device`: 1 to 256
     /// ranges (none: EINVAL, more: E2BIG), non-overlapping and aligned to `page_size` (EINVAL),
     /// none past 2^64 (EOVERFLOW); `page_size` a power of two of at least 4096 (EINVAL). EBUSY if
@@ -244,7 +259,7 @@ impl Space {
         check_bitmap_pages(pages)?;
         sorted.sort_unstable();
         if let Some(w) = sorted.windows(2).find(|w| w[1].0 <= w[0].1) {
-            return Err(Error::Exists { iova: Iova(w[1].0) });
+            return Err(Error::RangesOverlap { iova: Iova(w[1].0) });
         }
         let log = Arc::new(DeviceLog {
             device: device.clone(),
@@ -252,7 +267,7 @@ impl Space {
             ranges: sorted
                 .iter()
                 .map(|&(start, last)| DirtyLog::new(start, last, shift))
-                .collect(),
+                .collect::<Result<_>>()?,
         });
         let mut control = self.lock();
         let logs = &control.current.device_logs;

@@ -493,6 +493,7 @@ impl Harness {
             max_entries: setup.max_entries,
             valid_ranges: ranges.clone(),
             busy_timeout: Duration::from_millis(1),
+            ..Config::default()
         })
         .unwrap();
         space.attach_group(GroupId(3)).unwrap();
