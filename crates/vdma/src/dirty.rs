@@ -38,6 +38,17 @@ impl Bitmap {
         }
     }
 
+    /// A bitmap made of `words` (at least `pages` bits; bits past `pages` clear).
+    pub(crate) fn from_words(iova: Iova, page_size: u64, pages: u64, words: Vec<u64>) -> Bitmap {
+        debug_assert_eq!(words.len() as u64, pages.div_ceil(64));
+        Bitmap {
+            iova,
+            page_size,
+            pages,
+            words,
+        }
+    }
+
     /// The IOVA of bit 0.
     pub fn iova(&self) -> Iova {
         self.iova
@@ -164,6 +175,11 @@ pub(crate) struct Taken {
 impl Taken {
     pub(crate) fn words(&self) -> &[u64] {
         &self.words
+    }
+
+    /// The words, leaving this empty.
+    pub(crate) fn take_words(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.words).into_vec()
     }
 }
 

@@ -111,21 +111,34 @@ impl Container {
         let table = control.current.clone();
         check_no_straddle(&table, iova.0, last)?;
         let entries: Vec<&Entry> = entries_in(&table, iova.0, last);
-        let taken: Vec<Option<Taken>> = entries
+        let mut taken: Vec<Option<Taken>> = entries
             .iter()
             .map(|e| e.dirty.as_ref().map(|log| log.swap_out()))
             .collect();
         // Every writer that could still mark a swapped-out buffer finishes first.
         rcu::synchronize();
-        let mut bitmap = Bitmap::new(iova, page_size, size >> shift);
-        for (e, taken) in entries.iter().zip(&taken) {
-            if let (Some(log), Some(taken)) = (&e.dirty, taken) {
-                bitmap.or_at(
-                    log.first_page() - (iova.0 >> shift),
-                    taken.words(),
-                    log.pages(),
-                );
+        let pages = size >> shift;
+        let base = iova.0 >> shift;
+        let mut bitmap = match (&entries[..], &mut taken[..]) {
+            // One mapping whose log lines up with the range: its buffer is the report, no copy.
+            ([e], [Some(t)])
+                if e.dirty
+                    .as_ref()
+                    .is_some_and(|l| l.first_page() == base && l.pages() == pages) =>
+            {
+                Bitmap::from_words(iova, page_size, pages, t.take_words())
             }
+            _ => {
+                let mut bitmap = Bitmap::new(iova, page_size, pages);
+                for (e, t) in entries.iter().zip(&taken) {
+                    if let (Some(log), Some(t)) = (&e.dirty, t) {
+                        bitmap.or_at(log.first_page() - base, t.words(), log.pages());
+                    }
+                }
+                bitmap
+            }
+        };
+        for e in &entries {
             set_write_pinned(&mut bitmap, e, space.config.page_size, shift);
         }
         drop(control);
