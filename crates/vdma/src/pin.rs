@@ -233,9 +233,9 @@ impl Space {
             for (i, &(host, n)) in fresh.iter().enumerate() {
                 if let Err(e) = lock_pages(host, n as usize, ps as usize) {
                     for &(h, n) in &fresh[..i] {
-                        for p in 0..n as usize {
-                            unlock_page(h + p * ps as usize, ps as usize);
-                        }
+                        let pages: Vec<usize> =
+                            (0..n as usize).map(|p| h + p * ps as usize).collect();
+                        unlock_pages(&pages, ps as usize);
                     }
                     self.locked.fetch_sub(bytes, Ordering::SeqCst);
                     release_all();
@@ -262,6 +262,7 @@ impl Space {
         let _pins = self.pin_lock.lock().unwrap_or_else(|e| e.into_inner());
         // A page that is not mapped is skipped, not an error.
         let mut written = Vec::new();
+        let mut unlocked = Vec::new();
         for run in self.runs(iova, npages, Prot::NONE, true)? {
             let mut counts = run.mapping.pins();
             let mut unpinned = 0;
@@ -281,7 +282,7 @@ impl Space {
                 if c.total == 0 {
                     counts.remove(&page);
                     if let (Some(host), true) = (run.host, self.config.mlock) {
-                        unlock_page(host + (i * ps) as usize, ps as usize);
+                        unlocked.push(host + (i * ps) as usize);
                     }
                     self.locked.fetch_sub(ps, Ordering::SeqCst);
                 }
@@ -289,6 +290,7 @@ impl Space {
             drop(counts);
             run.mapping.release_n(unpinned);
         }
+        unlock_pages(&unlocked, ps as usize);
         for page in written {
             self.mark_written(page, page + (ps - 1));
         }
@@ -339,18 +341,37 @@ fn lock_pages(host: usize, n: usize, page_size: usize) -> Result<()> {
     Ok(())
 }
 
-/// Gives back one lock of the host page at `host`; `munlock`s it when none remain.
-fn unlock_page(host: usize, page_size: usize) {
+/// Gives back one lock of each host page in `pages` (ascending); `munlock`s those with none
+/// left, one call per run of adjacent pages.
+fn unlock_pages(pages: &[usize], page_size: usize) {
+    if pages.is_empty() {
+        return;
+    }
     let mut locked = LOCKED_PAGES.lock().unwrap_or_else(|e| e.into_inner());
     let Some(locked) = locked.as_mut() else {
         return;
     };
-    if let Some(count) = locked.get_mut(&host) {
+    let mut run: Option<(usize, usize)> = None; // (start, bytes)
+    for &host in pages {
+        let Some(count) = locked.get_mut(&host) else {
+            continue;
+        };
         *count -= 1;
-        if *count == 0 {
-            locked.remove(&host);
-            munlock(host, page_size);
+        if *count != 0 {
+            continue;
         }
+        locked.remove(&host);
+        run = match run {
+            Some((start, len)) if start + len == host => Some((start, len + page_size)),
+            Some((start, len)) => {
+                munlock(start, len);
+                Some((host, page_size))
+            }
+            None => Some((host, page_size)),
+        };
+    }
+    if let Some((start, len)) = run {
+        munlock(start, len);
     }
 }
 
