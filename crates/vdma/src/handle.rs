@@ -58,6 +58,14 @@ impl std::fmt::Debug for CallbackSlot {
 }
 
 impl DeviceState {
+    /// Whether an unmap callback is registered.
+    pub(crate) fn has_unmap_callback(&self) -> bool {
+        self.callback
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// The registered unmap callback.
     pub(crate) fn unmap_callback(&self) -> Option<UnmapCallback> {
         let slot = self.callback.lock().unwrap_or_else(|e| e.into_inner());

@@ -9,6 +9,8 @@
 //! takes it.
 
 use std::cell::Cell;
+
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -94,6 +96,9 @@ impl Drop for Pinned {
     }
 }
 
+/// The runs of one call: almost always one.
+type Runs = SmallVec<[Run; 2]>;
+
 /// A stretch of pages in one mapping.
 struct Run {
     mapping: Arc<Mapping>,
@@ -117,21 +122,21 @@ impl Space {
         }
         let ps = self.config.page_size;
         self.check_aligned(iova, ps)?;
-        iova.last_of(npages as u64 * ps).ok_or(Error::Wraps {
-            iova,
-            size: npages as u64 * ps,
-        })?;
+        let size = npages as u64 * ps;
+        if iova.last_of(size).is_none() {
+            return Err(Error::Wraps { iova, size });
+        }
         Ok(ps)
     }
 
     /// The mappings under `npages` pages from `iova`, grouped in runs; checks `prot` (EPERM)
     /// and coverage (EINVAL) of every page. With `skip_holes`, unmapped pages are left out
     /// instead.
-    fn runs(&self, iova: Iova, npages: usize, prot: Prot, skip_holes: bool) -> Result<Vec<Run>> {
+    fn runs(&self, iova: Iova, npages: usize, prot: Prot, skip_holes: bool) -> Result<Runs> {
         let ps = self.config.page_size;
         rcu::read(|guard| {
             let table = self.table.load(guard);
-            let mut runs: Vec<Run> = Vec::new();
+            let mut runs = Runs::new();
             for i in 0..npages as u64 {
                 let at = iova.0 + i * ps;
                 if let Some(run) = runs.last_mut() {
@@ -175,7 +180,7 @@ impl Space {
         npages: usize,
         prot: Prot,
     ) -> Result<Vec<HostAddr>> {
-        if device.unmap_callback().is_none() {
+        if !device.has_unmap_callback() {
             return Err(Error::NoUnmapCallback);
         }
         let ps = self.check_pin_args(iova, npages)?;
@@ -185,9 +190,11 @@ impl Space {
         let runs = self.runs(iova, npages, prot, false)?;
         let mut hosts = Vec::with_capacity(npages);
         for run in &runs {
-            let host = run.host.ok_or(Error::NoHostAddress {
-                iova: Iova(run.mapping.iova.0 + run.first * ps),
-            })?;
+            let Some(host) = run.host else {
+                return Err(Error::NoHostAddress {
+                    iova: Iova(run.mapping.iova.0 + run.first * ps),
+                });
+            };
             hosts.extend((0..run.count).map(|i| HostAddr(host + (i * ps) as usize)));
         }
         let _pins = self.pin_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -206,7 +213,7 @@ impl Space {
             }
         };
         // Charge the pages pinned for the first time, and lock them in memory.
-        let mut fresh: Vec<(usize, u64)> = Vec::new(); // (host, pages) runs of new pages
+        let mut fresh: SmallVec<[(usize, u64); 2]> = SmallVec::new(); // runs of new pages
         for run in &runs {
             let counts = run.mapping.pins();
             let host = run.host.expect("checked above");
@@ -261,8 +268,8 @@ impl Space {
         let ps = self.check_pin_args(iova, npages)?;
         let _pins = self.pin_lock.lock().unwrap_or_else(|e| e.into_inner());
         // A page that is not mapped is skipped, not an error.
-        let mut written = Vec::new();
-        let mut unlocked = Vec::new();
+        let mut written: SmallVec<[u64; 4]> = SmallVec::new();
+        let mut unlocked: SmallVec<[usize; 4]> = SmallVec::new();
         for run in self.runs(iova, npages, Prot::NONE, true)? {
             let mut counts = run.mapping.pins();
             let mut unpinned = 0;
