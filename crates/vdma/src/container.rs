@@ -56,10 +56,8 @@ pub(crate) struct Space {
     control: Mutex<Control>,
     /// Serializes unmaps, which drop `control` while device callbacks run.
     unmapping: Mutex<()>,
-    /// Serializes pin and unpin (`pin.rs`).
-    pub(crate) pin_lock: Mutex<()>,
-    /// Bytes pinned (locked), against `memlock_limit`.
-    pub(crate) locked: std::sync::atomic::AtomicU64,
+    /// Every pin, behind the pin lock (`pin.rs`).
+    pub(crate) pins: Mutex<crate::pin::PinTable>,
     pub(crate) memlock_limit: u64,
 }
 
@@ -101,8 +99,7 @@ impl Container {
                     tracking: None,
                 }),
                 unmapping: Mutex::new(()),
-                pin_lock: Mutex::new(()),
-                locked: std::sync::atomic::AtomicU64::new(0),
+                pins: Mutex::new(crate::pin::PinTable::default()),
                 memlock_limit,
             }),
         })

@@ -1,9 +1,7 @@
 //! [`Mapping`]: one `map` call, `[iova, iova + size)` onto memory with a protection.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use crate::address::Iova;
 use crate::error::{Error, Result};
@@ -22,8 +20,6 @@ pub(crate) struct Mapping {
     /// Live holds on this mapping: one per `Segments` and one per pinned page count; `unmap`
     /// waits for them to go.
     holds: AtomicU64,
-    /// Pin counts by page index in the mapping (page = the address space's page size).
-    pins: Mutex<PinCounts>,
     /// Set while an `unmap` is deciding whether it may remove this mapping; new holds fail.
     dying: AtomicBool,
 }
@@ -43,7 +39,6 @@ impl Mapping {
             memory,
             offset,
             holds: AtomicU64::new(0),
-            pins: Mutex::new(PinCounts::default()),
             dying: AtomicBool::new(false),
         }
     }
@@ -84,11 +79,6 @@ impl Mapping {
         self.holds.fetch_sub(n, Ordering::SeqCst);
     }
 
-    /// The pin counts, locked (the address space's pin lock is held around every use).
-    pub(crate) fn pins(&self) -> MutexGuard<'_, PinCounts> {
-        self.pins.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Marks the mapping as being removed; returns whether holds remain.
     pub(crate) fn begin_removal(&self) -> bool {
         self.dying.store(true, Ordering::SeqCst);
@@ -104,36 +94,6 @@ impl Mapping {
     pub(crate) fn cancel_removal(&self) {
         self.dying.store(false, Ordering::SeqCst);
     }
-}
-
-/// Pin counts by page index in the mapping.
-pub(crate) type PinCounts = HashMap<u64, PinCount, BuildHasherDefault<PageHasher>>;
-
-/// A hasher for page indexes: one multiply (Fibonacci hashing). Page indexes are not chosen by
-/// an attacker against the hash (a peer only picks which of its own mapped pages to pin, at most
-/// the mapping's page count), so SipHash's protection buys nothing here.
-#[derive(Default)]
-pub(crate) struct PageHasher(u64);
-
-impl Hasher for PageHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-/// How often a page is pinned, and how many of those pins asked for WRITE.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct PinCount {
-    pub(crate) total: u32,
-    pub(crate) write: u32,
 }
 
 /// What [`crate::Container::mappings`] reports of one mapping.

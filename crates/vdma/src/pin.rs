@@ -12,16 +12,17 @@ use std::cell::Cell;
 
 use smallvec::SmallVec;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::address::{HostAddr, Iova};
 use crate::container::{Control, Space};
+use crate::dma::mark_dirty;
 use crate::error::{Error, Result};
 use crate::handle::DeviceState;
-use crate::mapping::{Mapping, PinCount};
 use crate::prot::Prot;
 use crate::rcu;
+use crate::table::Entry;
 
 /// Most pages one `pin` or `unpin` call may name (the kernel's VFIO_PIN_PAGES_MAX_ENTRIES).
 pub const MAX_PIN_PAGES: usize = 512;
@@ -96,17 +97,48 @@ impl Drop for Pinned {
     }
 }
 
-/// The runs of one call: almost always one.
-type Runs = SmallVec<[Run; 2]>;
+/// How often a page is pinned, and how many of those pins asked for WRITE.
+#[derive(Clone, Copy, Debug, Default)]
+struct PinCount {
+    total: u32,
+    write: u32,
+}
 
-/// A stretch of pages in one mapping.
-struct Run {
-    mapping: Arc<Mapping>,
-    /// Index of the first page in the mapping.
-    first: u64,
+/// A hasher for page numbers: one multiply (Fibonacci hashing). A peer only picks which of its
+/// own mapped pages to pin, a set bounded by the locked-memory limit, so SipHash's protection
+/// against chosen collisions buys nothing here.
+#[derive(Default)]
+struct PageHasher(u64);
+
+impl Hasher for PageHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// Every pin of an address space, behind its one pin lock. Pages are keyed by IOVA page number:
+/// a mapping with pins cannot be unmapped, so a key always means the same memory.
+#[derive(Default)]
+pub(crate) struct PinTable {
+    counts: HashMap<u64, PinCount, BuildHasherDefault<PageHasher>>,
+    /// Bytes pinned, against the memlock limit.
+    locked: u64,
+}
+
+/// A stretch of pages in one mapping, found inside a read section.
+struct Run<'t> {
+    entry: &'t Entry,
+    /// IOVA of the first page.
+    iova: u64,
     count: u64,
-    /// Host address of the first page, if the memory has one.
-    host: Option<usize>,
 }
 
 impl Space {
@@ -129,50 +161,13 @@ impl Space {
         Ok(ps)
     }
 
-    /// The mappings under `npages` pages from `iova`, grouped in runs; checks `prot` (EPERM)
-    /// and coverage (EINVAL) of every page. With `skip_holes`, unmapped pages are left out
-    /// instead.
-    fn runs(&self, iova: Iova, npages: usize, prot: Prot, skip_holes: bool) -> Result<Runs> {
-        let ps = self.config.page_size;
-        rcu::read(|guard| {
-            let table = self.table.load(guard);
-            let mut runs = Runs::new();
-            for i in 0..npages as u64 {
-                let at = iova.0 + i * ps;
-                if let Some(run) = runs.last_mut() {
-                    if run.mapping.iova.0 + (run.first + run.count) * ps == at
-                        && at - run.mapping.iova.0 < run.mapping.size
-                    {
-                        run.count += 1;
-                        continue;
-                    }
-                }
-                let e = match table.find_hinted(at, guard) {
-                    Some(e) => e,
-                    None if skip_holes => continue,
-                    None => return Err(Error::NotMapped { iova: Iova(at) }),
-                };
-                if !e.prot.contains(prot) {
-                    return Err(Error::Permission {
-                        iova: Iova(at),
-                        needed: prot,
-                    });
-                }
-                runs.push(Run {
-                    mapping: e.mapping.clone(),
-                    first: (at - e.start) / ps,
-                    count: 1,
-                    host: e
-                        .host
-                        .as_ref()
-                        .map(|h| h.base().0 + (at - e.start) as usize),
-                });
-            }
-            Ok(runs)
-        })
+    fn pin_table(&self) -> MutexGuard<'_, PinTable> {
+        self.pins.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Pins `npages` pages from `iova` for `device` (semantics §4).
+    /// Pins `npages` pages from `iova` for `device` (semantics §4). The pin lock is taken
+    /// first, then one read section covers the whole call, so the mappings found stay put
+    /// without taking references to them.
     pub(crate) fn pin(
         &self,
         device: &DeviceState,
@@ -187,39 +182,64 @@ impl Space {
         if prot.is_empty() {
             return Err(Error::NoPermission);
         }
-        let runs = self.runs(iova, npages, prot, false)?;
-        let mut hosts = Vec::with_capacity(npages);
-        for run in &runs {
-            let Some(host) = run.host else {
-                return Err(Error::NoHostAddress {
-                    iova: Iova(run.mapping.iova.0 + run.first * ps),
-                });
+        let mut pins = self.pin_table();
+        let guard = rcu::enter();
+        let table = self.table.load(&guard);
+
+        // 1. Every page mapped, permitted and with a host address; grouped in runs.
+        let mut runs: SmallVec<[Run<'_>; 2]> = SmallVec::new();
+        for i in 0..npages as u64 {
+            let at = iova.0 + i * ps;
+            if let Some(run) = runs.last_mut() {
+                if run.entry.contains(at) {
+                    run.count += 1;
+                    continue;
+                }
+            }
+            let Some(entry) = table.find_hinted(at, &guard) else {
+                return Err(Error::NotMapped { iova: Iova(at) });
             };
-            hosts.extend((0..run.count).map(|i| HostAddr(host + (i * ps) as usize)));
+            if !entry.prot.contains(prot) {
+                return Err(Error::Permission {
+                    iova: Iova(at),
+                    needed: prot,
+                });
+            }
+            if entry.host.is_none() {
+                return Err(Error::NoHostAddress { iova: Iova(at) });
+            }
+            runs.push(Run {
+                entry,
+                iova: at,
+                count: 1,
+            });
         }
-        let _pins = self.pin_lock.lock().unwrap_or_else(|e| e.into_inner());
-        // Holds first, so an unmap in progress (EAGAIN) leaves nothing behind.
+        let host_of = |run: &Run<'_>, i: u64| {
+            let region = run.entry.host.as_ref().expect("checked above");
+            region.base().0 + (run.iova - run.entry.start + i * ps) as usize
+        };
+
+        // 2. Holds, so an unmap in progress (EAGAIN) leaves nothing behind.
         for (i, run) in runs.iter().enumerate() {
-            if let Err(e) = run.mapping.hold_n(run.count) {
+            if let Err(e) = run.entry.mapping.hold_n(run.count) {
                 for r in &runs[..i] {
-                    r.mapping.release_n(r.count);
+                    r.entry.mapping.release_n(r.count);
                 }
                 return Err(e);
             }
         }
         let release_all = || {
             for r in &runs {
-                r.mapping.release_n(r.count);
+                r.entry.mapping.release_n(r.count);
             }
         };
-        // Charge the pages pinned for the first time, and lock them in memory.
-        let mut fresh: SmallVec<[(usize, u64); 2]> = SmallVec::new(); // runs of new pages
+
+        // 3. Charge the pages pinned for the first time, and lock them in memory.
+        let mut fresh: SmallVec<[(usize, u64); 2]> = SmallVec::new(); // (host, pages)
         for run in &runs {
-            let counts = run.mapping.pins();
-            let host = run.host.expect("checked above");
             for i in 0..run.count {
-                if !counts.contains_key(&(run.first + i)) {
-                    let h = host + (i * ps) as usize;
+                if !pins.counts.contains_key(&((run.iova + i * ps) / ps)) {
+                    let h = host_of(run, i);
                     match fresh.last_mut() {
                         Some((start, n)) if *start + (*n * ps) as usize == h => *n += 1,
                         _ => fresh.push((h, 1)),
@@ -228,9 +248,7 @@ impl Space {
             }
         }
         let bytes: u64 = fresh.iter().map(|&(_, n)| n * ps).sum();
-        let before = self.locked.fetch_add(bytes, Ordering::SeqCst);
-        if before + bytes > self.memlock_limit {
-            self.locked.fetch_sub(bytes, Ordering::SeqCst);
+        if pins.locked + bytes > self.memlock_limit {
             release_all();
             return Err(Error::MemlockLimit {
                 limit: self.memlock_limit,
@@ -244,75 +262,77 @@ impl Space {
                             (0..n as usize).map(|p| h + p * ps as usize).collect();
                         unlock_pages(&pages, ps as usize);
                     }
-                    self.locked.fetch_sub(bytes, Ordering::SeqCst);
                     release_all();
                     return Err(e);
                 }
             }
         }
+        pins.locked += bytes;
+
+        // 4. Count the pins and hand out the addresses.
         let write = prot.contains(Prot::WRITE) as u32;
+        let mut hosts = Vec::with_capacity(npages);
         for run in &runs {
-            let mut counts = run.mapping.pins();
             for i in 0..run.count {
-                let c = counts.entry(run.first + i).or_default();
+                let c = pins.counts.entry((run.iova + i * ps) / ps).or_default();
                 c.total += 1;
                 c.write += write;
+                hosts.push(HostAddr(host_of(run, i)));
             }
         }
         Ok(hosts)
     }
 
     /// Unpins `npages` pages from `iova`; pages that are not pinned (or not mapped) are left
-    /// alone. EINVAL/E2BIG for bad arguments as `pin`.
+    /// alone. EINVAL/E2BIG for bad arguments as `pin`. A page whose last WRITE pin goes is
+    /// marked dirty: the device may have written it.
     pub(crate) fn unpin(&self, iova: Iova, npages: usize) -> Result<()> {
         let ps = self.check_pin_args(iova, npages)?;
-        let _pins = self.pin_lock.lock().unwrap_or_else(|e| e.into_inner());
-        // A page that is not mapped is skipped, not an error.
-        let mut written: SmallVec<[u64; 4]> = SmallVec::new();
+        let mut pins = self.pin_table();
+        let guard = rcu::enter();
+        let table = self.table.load(&guard);
         let mut unlocked: SmallVec<[usize; 4]> = SmallVec::new();
-        for run in self.runs(iova, npages, Prot::NONE, true)? {
-            let mut counts = run.mapping.pins();
-            let mut unpinned = 0;
-            for i in 0..run.count {
-                let page = run.first + i;
-                let Some(c) = counts.get_mut(&page) else {
-                    continue;
-                };
-                c.total -= 1;
-                // Which pin goes is not known: keep WRITE pins the longest (a page stays dirty
-                // while any may remain). A WRITE pin that goes leaves its page dirty.
-                if c.write > c.total {
-                    c.write = c.total;
-                    written.push(run.mapping.iova.0 + page * ps);
-                }
-                unpinned += 1;
-                if c.total == 0 {
-                    counts.remove(&page);
-                    if let (Some(host), true) = (run.host, self.config.mlock) {
-                        unlocked.push(host + (i * ps) as usize);
-                    }
-                    self.locked.fetch_sub(ps, Ordering::SeqCst);
+        for i in 0..npages as u64 {
+            let at = iova.0 + i * ps;
+            let Some(c) = pins.counts.get_mut(&(at / ps)) else {
+                continue;
+            };
+            // A pinned page holds its mapping, so it is always found; never panic if not.
+            let Some(entry) = table.find_hinted(at, &guard) else {
+                debug_assert!(false, "pinned page {at:#x} not mapped");
+                continue;
+            };
+            c.total -= 1;
+            // Which pin goes is not known: keep WRITE pins the longest (a page stays dirty
+            // while any may remain). A WRITE pin that goes leaves its page dirty.
+            if c.write > c.total {
+                c.write = c.total;
+                mark_dirty(table, entry, at, at + (ps - 1));
+            }
+            if c.total == 0 {
+                pins.counts.remove(&(at / ps));
+                pins.locked -= ps;
+                if let (Some(region), true) = (&entry.host, self.config.mlock) {
+                    unlocked.push(region.base().0 + (at - entry.start) as usize);
                 }
             }
-            drop(counts);
-            run.mapping.release_n(unpinned);
+            entry.mapping.release();
         }
+        drop(guard);
         unlock_pages(&unlocked, ps as usize);
-        for page in written {
-            self.mark_written(page, page + (ps - 1));
-        }
         Ok(())
     }
-}
 
-/// Pages of `mapping` pinned with WRITE, as page indexes in the mapping.
-pub(crate) fn write_pinned(mapping: &Mapping) -> Vec<u64> {
-    mapping
-        .pins()
-        .iter()
-        .filter(|(_, c): &(&u64, &PinCount)| c.write > 0)
-        .map(|(&i, _)| i)
-        .collect()
+    /// IOVAs of the pages in `[start, last]` pinned with WRITE.
+    pub(crate) fn write_pinned(&self, start: u64, last: u64) -> Vec<u64> {
+        let ps = self.config.page_size;
+        let pins = self.pin_table();
+        pins.counts
+            .iter()
+            .filter(|(&page, c)| c.write > 0 && page * ps >= start && page * ps <= last)
+            .map(|(&page, _)| page * ps)
+            .collect()
+    }
 }
 
 /// How often each host page is locked by pins, over every mapping and address space: `mlock`

@@ -138,8 +138,9 @@ impl Container {
                 bitmap
             }
         };
-        for e in &entries {
-            set_write_pinned(&mut bitmap, e, space.config.page_size, shift);
+        // Pages pinned with WRITE may be written at any time: dirty in every report.
+        for page in space.write_pinned(iova.0, last) {
+            bitmap.set((page >> shift) - base);
         }
         drop(control);
         Ok(bitmap)
@@ -159,15 +160,6 @@ fn entries_in(table: &crate::table::Table, start: u64, last: u64) -> Vec<&Entry>
         pos = table.next(p);
     }
     out
-}
-
-/// Sets the pages of `e` pinned with WRITE in `bitmap` (whose pages are `1 << shift` bytes).
-fn set_write_pinned(bitmap: &mut Bitmap, e: &Entry, page_size: u64, shift: u32) {
-    let base = bitmap.iova().0 >> shift;
-    for index in crate::pin::write_pinned(&e.mapping) {
-        let page = (e.start + index * page_size) >> shift;
-        bitmap.set(page - base);
-    }
 }
 
 /// The dirty bitmap of mappings just removed by an unmap of `[iova, last]`; no writer can reach
