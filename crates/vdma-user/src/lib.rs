@@ -12,3 +12,5 @@
 
 pub mod protocol;
 pub mod transport;
+pub mod client;
+pub mod server;

@@ -1,0 +1,1 @@
+//! The vfio-user server: serves one device to one client at a time over a Unix socket.
