@@ -80,6 +80,8 @@ fn barrier_all() {
 pub(crate) struct Hint {
     pub(crate) gen: u64,
     pub(crate) entry: *const (),
+    /// Lookups on this generation that missed the hint.
+    pub(crate) misses: u32,
 }
 
 struct ReaderState {
@@ -112,6 +114,7 @@ impl ReaderState {
             hint: Cell::new(Hint {
                 gen: 0,
                 entry: std::ptr::null(),
+                misses: 0,
             }),
         }
     }

@@ -9,7 +9,7 @@
 //! entry it used, tagged with the table's generation) is one compare.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::dirty::DirtyLog;
 use crate::error::Result;
@@ -20,6 +20,12 @@ use crate::rcu::{Guard, Hint};
 use crate::tracking::DeviceLog;
 
 const CHUNK_MAX: usize = 256;
+
+/// Tables with at least this many entries get a directory for the read path ...
+const DIRECTORY_MIN: usize = 512;
+/// ... once a thread has missed its hint this many times on the same table version, so that a
+/// burst of `map` calls never pays for directories of tables that are soon replaced.
+const DIRECTORY_AFTER: u32 = 64;
 
 /// Generations are unique in the process, so a hint can never match a different table.
 static NEXT_GEN: AtomicU64 = AtomicU64::new(1);
@@ -106,12 +112,59 @@ pub(crate) struct Pos {
     index: usize,
 }
 
+/// An O(1) index into a large table, for lookups that miss the hint: bucket `k` covers the
+/// IOVAs from `base + (k << shift)` and holds the entry with the greatest start at or below
+/// that IOVA. The entry holding an IOVA lies between its bucket's slot and the next one's,
+/// usually in the same chunk a few places on, found by a short search there.
+struct Directory {
+    base: u64,
+    shift: u32,
+    /// (chunk, index) per bucket.
+    slots: Box<[(u32, u32)]>,
+}
+
+impl Directory {
+    fn build(table: &Table) -> Directory {
+        let base = table.firsts[0];
+        let last_start = table
+            .chunks
+            .last()
+            .map_or(base, |c| *c.starts.last().unwrap_or(&base));
+        let span = last_start - base;
+        let target = (table.len as u64).next_power_of_two();
+        let mut shift = 0;
+        while (span >> shift) >= target {
+            shift += 1;
+        }
+        let buckets = (span >> shift) + 1;
+        let mut slots = Vec::with_capacity(buckets as usize);
+        let mut pos = Pos { chunk: 0, index: 0 };
+        for k in 0..buckets {
+            let at = base + (k << shift);
+            while let Some(next) = table.next(pos) {
+                if table.entry(next).start > at {
+                    break;
+                }
+                pos = next;
+            }
+            slots.push((pos.chunk as u32, pos.index as u32));
+        }
+        Directory {
+            base,
+            shift,
+            slots: slots.into_boxed_slice(),
+        }
+    }
+}
+
 /// One version of the table.
 pub(crate) struct Table {
     gen: u64,
     firsts: Vec<u64>,
     chunks: Vec<Arc<Chunk>>,
     len: usize,
+    /// Made on demand by readers of a large, settled table.
+    directory: OnceLock<Directory>,
     /// Device-level DMA logs that every write marks.
     pub(crate) device_logs: Arc<[Arc<DeviceLog>]>,
 }
@@ -127,6 +180,7 @@ impl Table {
             firsts: chunks.iter().map(|c| c.starts[0]).collect(),
             len: chunks.iter().map(|c| c.entries.len()).sum(),
             chunks,
+            directory: OnceLock::new(),
             device_logs,
         }
     }
@@ -201,12 +255,51 @@ impl Table {
                 return Some(entry);
             }
         }
-        let entry = self.entry(self.find(iova)?);
+        let misses = if hint.gen == self.gen {
+            hint.misses.saturating_add(1)
+        } else {
+            0
+        };
+        let pos = if self.len >= DIRECTORY_MIN && misses >= DIRECTORY_AFTER {
+            self.floor_directed(iova)?
+        } else {
+            self.floor(iova)?
+        };
+        let entry = self.entry(pos);
+        if !entry.contains(iova) {
+            return None;
+        }
         guard.set_hint(Hint {
             gen: self.gen,
             entry: entry as *const Entry as *const (),
+            misses,
         });
         Some(entry)
+    }
+
+    /// [`Table::floor`] through the directory.
+    #[inline]
+    fn floor_directed(&self, iova: u64) -> Option<Pos> {
+        let d = self.directory.get_or_init(|| Directory::build(self));
+        if iova < d.base {
+            return None;
+        }
+        let k = (((iova - d.base) >> d.shift) as usize).min(d.slots.len() - 1);
+        let (lo_chunk, lo) = d.slots[k];
+        let (hi_chunk, hi) = match d.slots.get(k + 1) {
+            Some(&next) => next,
+            None => return self.floor(iova),
+        };
+        if lo_chunk != hi_chunk {
+            return self.floor(iova);
+        }
+        let starts = &self.chunks[lo_chunk as usize].starts[lo as usize..=hi as usize];
+        // starts[0] <= the bucket's first IOVA <= iova, so the count is at least 1.
+        let index = lo as usize + starts.partition_point(|&s| s <= iova) - 1;
+        Some(Pos {
+            chunk: lo_chunk as usize,
+            index,
+        })
     }
 
     /// The position of an entry containing `iova` or, if none, of the first entry after it.
@@ -328,6 +421,74 @@ mod tests {
             None,
         )
         .unwrap()
+    }
+
+    /// The directory finds what the plain search finds, for spread-out and clustered layouts
+    /// (clusters force the fallback paths) and for IOVAs in, between and around the mappings.
+    #[test]
+    fn directory_agrees_with_the_plain_search() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for layout in 0..4 {
+            let mut t = Table::empty();
+            let mut at = 0x1000u64;
+            for i in 0..1500u64 {
+                // Spread evenly, in clusters with huge gaps, or at random distances.
+                let gap = match layout {
+                    0 => 0x1000,
+                    1 => {
+                        if i % 300 == 0 {
+                            1 << 40
+                        } else {
+                            0
+                        }
+                    }
+                    2 => (rand() % 64) * 0x1000,
+                    _ => {
+                        if i == 1499 {
+                            u64::MAX / 2
+                        } else {
+                            0x1000
+                        }
+                    }
+                };
+                at += gap;
+                let pages = 1 + rand() % 3;
+                t = t.with(entry(at, pages * 0x1000));
+                at += pages * 0x1000;
+            }
+            let last_end = at;
+            let d = Directory::build(&t);
+            assert!(d.slots.len() <= 2 * t.len());
+            for _ in 0..20000 {
+                let iova = match rand() % 4 {
+                    0 => rand() % (last_end + 0x10000),
+                    1 => rand(),
+                    2 => {
+                        t.iter()
+                            .nth((rand() % t.len() as u64) as usize)
+                            .unwrap()
+                            .start
+                    }
+                    _ => {
+                        t.iter()
+                            .nth((rand() % t.len() as u64) as usize)
+                            .unwrap()
+                            .last
+                    }
+                };
+                assert_eq!(
+                    t.floor_directed(iova),
+                    t.floor(iova),
+                    "layout {layout} iova {iova:#x}"
+                );
+            }
+        }
     }
 
     #[test]
