@@ -14,11 +14,9 @@
 //!   cleanly (EINVAL, EAGAIN) or gives segments whose memory stays mapped and unchanged while
 //!   they are held.
 
-use std::fs::File;
-use std::os::fd::FromRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,10 +24,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vdma::{
     Backing, Config, Container, DeviceHandle, DeviceId, Direction, Error, GroupHandle, GroupId,
-    Iova, Memory, OwnedMemory, Prot, RawMemory,
+    Iova, Memory, OwnedMemory, Prot,
 };
 
-const P: u64 = 4096;
+mod common;
+use common::{memfd, space_with_handles, MsgMemory, Region, P};
+
+/// The device of the spaces here, in group 1.
+const DEV: &str = "0000:00:01.0";
 const KIB: usize = 1024;
 
 // Handles are made to be shared between threads (semantics §2): checked at compile time.
@@ -42,36 +44,6 @@ const _: () = {
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-fn memfd(len: u64) -> File {
-    // SAFETY: memfd_create takes a NUL-terminated name and flags and returns a new descriptor.
-    let fd = unsafe { libc::memfd_create(c"vdma-concurrency".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: the descriptor was just created and nothing else owns it.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(len).unwrap();
-    file
-}
-
-/// Memory with no host address: `dma_rw` reaches it through `read_at`/`write_at`.
-#[derive(Debug)]
-struct VecMemory(Mutex<Vec<u8>>);
-
-impl Memory for VecMemory {
-    fn len(&self) -> u64 {
-        self.0.lock().unwrap().len() as u64
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> vdma::Result<()> {
-        let o = offset as usize;
-        buf.copy_from_slice(&self.0.lock().unwrap()[o..o + buf.len()]);
-        Ok(())
-    }
-    fn write_at(&self, offset: u64, buf: &[u8]) -> vdma::Result<()> {
-        let o = offset as usize;
-        self.0.lock().unwrap()[o..o + buf.len()].copy_from_slice(buf);
-        Ok(())
-    }
-}
 
 /// The three kinds of memory, in turn: an owned region, a memfd, memory without a host address.
 /// `bytes` is what it holds at first.
@@ -87,14 +59,14 @@ fn map_kind(space: &Container, kind: usize, iova: u64, bytes: &[u8], prot: Prot)
         }
         1 => {
             // The mapping keeps its own host mapping of the file; the descriptor may go.
-            let file = memfd(len as u64 + P);
+            let file = memfd("vdma-concurrency", len as u64 + P);
             file.write_all_at(bytes, P).unwrap();
             space
                 .map(Iova(iova), len as u64, Backing::file(&file, P), prot)
                 .unwrap();
         }
         _ => {
-            let mem = Arc::new(VecMemory(Mutex::new(bytes.to_vec())));
+            let mem = Arc::new(MsgMemory::new(bytes.to_vec()));
             space
                 .map(Iova(iova), len as u64, Backing::memory(mem, 0), prot)
                 .unwrap();
@@ -138,17 +110,6 @@ impl Handle<'_> {
             (Handle::Device(h), false) => h.write(Iova(iova), buf),
         }
     }
-}
-
-fn space_with_handles(config: Config) -> (Container, GroupHandle, DeviceHandle) {
-    let space = Container::new(config).unwrap();
-    space.attach_group(GroupId(1)).unwrap();
-    space
-        .add_device(GroupId(1), DeviceId::new("0000:00:01.0"))
-        .unwrap();
-    let group = space.group_handle(GroupId(1)).unwrap();
-    let device = space.device_handle(&DeviceId::new("0000:00:01.0")).unwrap();
-    (space, group, device)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -272,7 +233,7 @@ fn churn(space: &Container, h: &GroupHandle, stop: &AtomicBool) -> (u64, u64) {
 
 #[test]
 fn dma_rw_on_stable_ranges_while_other_ranges_change() {
-    let (space, group, device) = space_with_handles(Config::default());
+    let (space, group, device) = space_with_handles(Config::default(), GroupId(1), DEV);
     // The shared read-only region: four adjacent mappings of the three kinds.
     for k in 0..RO_PIECES {
         let iova = RO_BASE + (k * RO_PIECE) as u64;
@@ -318,70 +279,6 @@ fn dma_rw_on_stable_ranges_while_other_ranges_change() {
 
 // ---------------------------------------------------------------------------------------------
 // The unmap rule, with canaries
-
-/// Anonymous memory the test maps and unmaps itself.
-struct TestMemory {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: a pointer to a private mapping that lives as long as the value; every access is a raw
-// copy, from any thread.
-unsafe impl Send for TestMemory {}
-// SAFETY: as above.
-unsafe impl Sync for TestMemory {}
-
-impl TestMemory {
-    fn new(len: usize) -> TestMemory {
-        // SAFETY: a new anonymous mapping at an address of the kernel's choosing.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED);
-        TestMemory {
-            ptr: ptr.cast(),
-            len,
-        }
-    }
-
-    /// `[offset, offset + len)` as memory for a mapping.
-    fn raw(&self, offset: usize, len: usize) -> Arc<RawMemory> {
-        assert!(offset + len <= self.len);
-        // SAFETY: the range is inside this mapping, which stays mapped read-write until `self`
-        // is dropped; every test drops its container (and so every mapping and `RawMemory`)
-        // before the `TestMemory` it maps (declared first, dropped last).
-        Arc::new(unsafe { RawMemory::new(self.ptr.add(offset), len) })
-    }
-
-    /// Fills it with `byte`.
-    fn fill(&self, byte: u8) {
-        // SAFETY: the whole mapping is ours and writable. vdma may write to it concurrently only
-        // if it breaks the unmap rule, which is what the caller checks for.
-        unsafe { std::ptr::write_bytes(self.ptr, byte, self.len) };
-    }
-
-    /// The first offset that does not hold `byte`.
-    fn first_not(&self, byte: u8) -> Option<usize> {
-        let mut copy = vec![0u8; self.len];
-        // SAFETY: the mapping is readable; a raw copy, no reference into it.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr, copy.as_mut_ptr(), self.len) };
-        copy.iter().position(|&b| b != byte)
-    }
-}
-
-impl Drop for TestMemory {
-    fn drop(&mut self) {
-        // SAFETY: made by `new`; nothing refers to it any more (see `raw`).
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
 
 const CANARY: u8 = 0xc3;
 
@@ -493,8 +390,8 @@ const PAUSE: Duration = Duration::from_micros(700);
 fn unmap_returns_only_when_no_write_can_land() {
     const LEN: usize = 128 * KIB;
     const IOVA: u64 = 0x10_0000;
-    let memory = TestMemory::new(LEN);
-    let (space, _, _) = space_with_handles(Config::default());
+    let memory = Region::new(LEN);
+    let (space, _, _) = space_with_handles(Config::default(), GroupId(1), DEV);
     let started = Instant::now();
     let tally = canary_rounds(
         &space,
@@ -532,8 +429,8 @@ fn unmap_all_returns_only_when_no_write_can_land() {
     const PIECE: usize = 32 * KIB;
     const A: u64 = 0x10_0000;
     const B: u64 = 0x7000_0000;
-    let memory = TestMemory::new(3 * PIECE);
-    let (space, _, _) = space_with_handles(Config::default());
+    let memory = Region::new(3 * PIECE);
+    let (space, _, _) = space_with_handles(Config::default(), GroupId(1), DEV);
     let tally = canary_rounds(
         &space,
         &[(A, 2 * PIECE), (B, PIECE)],
@@ -565,8 +462,8 @@ fn unmap_all_returns_only_when_no_write_can_land() {
 fn unmap_of_file_memory_returns_only_when_no_write_can_land() {
     const LEN: usize = 64 * KIB;
     const IOVA: u64 = 0x20_0000;
-    let file = memfd(LEN as u64);
-    let (space, _, _) = space_with_handles(Config::default());
+    let file = memfd("vdma-concurrency", LEN as u64);
+    let (space, _, _) = space_with_handles(Config::default(), GroupId(1), DEV);
     let canary = vec![CANARY; LEN];
     let mut back = vec![0u8; LEN];
     canary_rounds(
@@ -598,7 +495,7 @@ fn unmap_of_file_memory_returns_only_when_no_write_can_land() {
 
 #[test]
 fn handles_are_shared_by_many_threads_at_once() {
-    let (space, group, device) = space_with_handles(Config::default());
+    let (space, group, device) = space_with_handles(Config::default(), GroupId(1), DEV);
     space
         .add_device(GroupId(1), DeviceId::new("0000:00:01.1"))
         .unwrap();
@@ -685,12 +582,16 @@ fn map_and_unmap_race_translate_and_dma() {
     const STABLE: u64 = 0x1000_0000;
     const FLAP: u64 = 0x2000_0000;
     const FLAP_LEN: u64 = 4 * P;
-    let own = TestMemory::new(FLAP_LEN as usize);
-    let (space, group, device) = space_with_handles(Config {
-        // Holders drop their segments within microseconds; unmap must wait, never give up.
-        busy_timeout: Duration::from_secs(10),
-        ..Config::default()
-    });
+    let own = Region::new(FLAP_LEN as usize);
+    let (space, group, device) = space_with_handles(
+        Config {
+            // Holders drop their segments within microseconds; unmap must wait, never give up.
+            busy_timeout: Duration::from_secs(10),
+            ..Config::default()
+        },
+        GroupId(1),
+        DEV,
+    );
     let stable: Vec<u8> = (0..16 * P).map(ro_byte).collect();
     map_kind(&space, 0, STABLE, &stable, Prot::READ_WRITE);
 

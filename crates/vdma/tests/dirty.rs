@@ -7,10 +7,7 @@
 //! is wrong.
 
 use std::collections::BTreeSet;
-use std::ffi::CString;
 use std::fmt::Debug;
-use std::fs::File;
-use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,70 +15,26 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vdma::{
-    Backing, Bitmap, Config, Container, DeviceHandle, DeviceId, Error, GroupId, HostAddr, Iova,
-    Memory, OwnedMemory, Prot,
+    Backing, Bitmap, Config, Container, DeviceHandle, DeviceId, Error, GroupId, Iova, Memory, Prot,
 };
 
-const P: u64 = 4096;
-const PU: usize = 4096;
+mod common;
+use common::*;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// A memfd of `len` bytes, zero-filled.
-fn memfd(name: &str, len: u64) -> File {
-    let name = CString::new(name).unwrap();
-    // SAFETY: a valid C string and flags; the result is checked.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: the descriptor is new and nobody else owns it.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(len).unwrap();
-    file
-}
-
-fn config() -> Config {
-    Config {
-        busy_timeout: Duration::from_millis(80),
-        ..Config::default()
-    }
-}
-
-/// A space with device "dev0" in group 1 (with an unmap callback that does nothing), and the
-/// device's handle.
-fn env_with(config: Config) -> (Container, Arc<DeviceHandle>) {
-    let space = Container::new(config).unwrap();
-    space.attach_group(GroupId(1)).unwrap();
-    space.add_device(GroupId(1), DeviceId::new("dev0")).unwrap();
-    let dev = Arc::new(space.device_handle(&DeviceId::new("dev0")).unwrap());
+/// [`env_with`], with an unmap callback on the device that does nothing (so that it may pin).
+fn env_with_noop(config: Config) -> (Container, Arc<DeviceHandle>) {
+    let (space, dev) = env_with(config);
     dev.set_unmap_callback(|_, _| {});
     (space, dev)
 }
 
-fn env() -> (Container, Arc<DeviceHandle>) {
-    env_with(config())
-}
-
-/// Maps `pages` pages of fresh owned memory at `iova`.
-fn map_owned(space: &Container, iova: u64, pages: u64, prot: Prot) -> Arc<OwnedMemory> {
-    let memory = Arc::new(OwnedMemory::new((pages * P) as usize).unwrap());
-    space
-        .map(
-            Iova(iova),
-            pages * P,
-            Backing::memory(memory.clone(), 0),
-            prot,
-        )
-        .unwrap();
-    memory
-}
-
-fn err<T: Debug>(r: vdma::Result<T>) -> Error {
-    match r {
-        Ok(v) => panic!("expected an error, got Ok({v:?})"),
-        Err(e) => e,
-    }
+/// [`env_with_noop`] of [`config`].
+fn env_noop() -> (Container, Arc<DeviceHandle>) {
+    env_with_noop(config())
 }
 
 fn set(b: &Bitmap) -> Vec<u64> {
@@ -91,11 +44,6 @@ fn set(b: &Bitmap) -> Vec<u64> {
 fn write(dev: &DeviceHandle, iova: u64, len: usize) {
     let data = vec![0xa5u8; len];
     dev.write(Iova(iova), &data).unwrap();
-}
-
-fn write_host(host: HostAddr, offset: usize, byte: u8) {
-    // SAFETY: `host` is the address of a page pinned with WRITE, valid until unpinned.
-    unsafe { std::ptr::write_volatile(host.as_ptr().add(offset), byte) }
 }
 
 /// Checks a bitmap's own consistency: its words hold exactly `pages` bits, and `is_set`,
@@ -125,7 +73,7 @@ fn check_bitmap(b: &Bitmap) {
 
 #[test]
 fn report_with_tracking_off_is_einval() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x10000, 4, Prot::READ_WRITE);
     let e = err(space.dirty_report(Iova(0x10000), 4 * P, P));
     assert_eq!(e.errno(), libc::EINVAL, "{e}");
@@ -143,7 +91,7 @@ fn report_with_tracking_off_is_einval() {
 
 #[test]
 fn report_page_size_other_than_the_tracking_page_size_is_einval() {
-    let (space, _dev) = env();
+    let (space, _dev) = env_noop();
     map_owned(&space, 0x10000, 4, Prot::READ_WRITE);
     space.dirty_start(2 * P).unwrap();
     for ps in [P, 4 * P, 2 * P + 1, 0] {
@@ -157,7 +105,7 @@ fn report_page_size_other_than_the_tracking_page_size_is_einval() {
 
 #[test]
 fn report_misaligned_is_einval() {
-    let (space, _dev) = env();
+    let (space, _dev) = env_noop();
     map_owned(&space, 0x10000, 4, Prot::READ_WRITE);
     space.dirty_start(P).unwrap();
     for (iova, size) in [
@@ -170,7 +118,7 @@ fn report_misaligned_is_einval() {
         assert_eq!(e.errno(), libc::EINVAL, "{iova:#x}+{size:#x}: {e}");
     }
     // Aligned to the page size of the space but not to a larger tracking page size.
-    let (space, _dev) = env();
+    let (space, _dev) = env_noop();
     map_owned(&space, 0x20000, 8, Prot::READ_WRITE);
     space.dirty_start(4 * P).unwrap();
     for (iova, size) in [(0x21000, 4 * P), (0x20000, 6 * P)] {
@@ -182,7 +130,7 @@ fn report_misaligned_is_einval() {
 
 #[test]
 fn report_of_a_range_cutting_a_mapping_is_einval_and_clears_nothing() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x10000, 4, Prot::READ_WRITE);
     space.dirty_start(P).unwrap();
     write(&dev, 0x11000, 1);
@@ -211,7 +159,7 @@ fn report_of_a_range_cutting_a_mapping_is_einval_and_clears_nothing() {
 
 #[test]
 fn start_again_with_the_same_page_size_is_fine_with_another_einval() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x10000, 8, Prot::READ_WRITE);
     space.dirty_start(P).unwrap();
     write(&dev, 0x12000, 1);
@@ -230,7 +178,7 @@ fn start_again_with_the_same_page_size_is_fine_with_another_einval() {
 
 #[test]
 fn stop_when_not_started_is_fine() {
-    let (space, _dev) = env();
+    let (space, _dev) = env_noop();
     space.dirty_stop().unwrap();
     space.dirty_stop().unwrap();
     assert_eq!(space.dirty_page_size(), None);
@@ -241,13 +189,13 @@ fn stop_when_not_started_is_fine() {
 
 #[test]
 fn start_with_a_page_size_not_a_power_of_two_or_below_the_page_size_is_einval() {
-    let (space, _dev) = env();
+    let (space, _dev) = env_noop();
     for ps in [0, 1, 512, 2048, 3 * P, 6144, P + 1, u64::MAX] {
         let e = err(space.dirty_start(ps));
         assert_eq!(e.errno(), libc::EINVAL, "{ps:#x}: {e}");
         assert_eq!(space.dirty_page_size(), None);
     }
-    let (space, _dev) = env_with(Config {
+    let (space, _dev) = env_with_noop(Config {
         page_size: 2 * P,
         ..config()
     });
@@ -266,7 +214,7 @@ fn start_with_a_page_size_not_a_power_of_two_or_below_the_page_size_is_einval() 
 /// `mark_dirty`, so it marks nothing, neither in the container-level log nor in device logs.
 #[test]
 fn a_write_inside_one_mapping_marks_its_pages() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x10000, 4, Prot::READ_WRITE);
     space.dirty_start(P).unwrap();
     dev.dma_logging_start(&[(Iova(0x10000), 4 * P)], P).unwrap();
@@ -280,7 +228,7 @@ fn a_write_inside_one_mapping_marks_its_pages() {
 
 #[test]
 fn writes_mark_exactly_the_pages_they_touch_and_reads_mark_nothing() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     // A (file, 3 pages) and B (owned, 2 pages) adjacent; a hole; C; D read-only.
     let file = memfd("dirty-marks", 3 * P);
     space
@@ -326,7 +274,7 @@ fn writes_mark_exactly_the_pages_they_touch_and_reads_mark_nothing() {
 
 #[test]
 fn report_reads_and_clears() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x10000, 2, Prot::READ_WRITE);
     map_owned(&space, 0x12000, 2, Prot::READ_WRITE);
     space.dirty_start(P).unwrap();
@@ -345,7 +293,7 @@ fn report_reads_and_clears() {
 
 #[test]
 fn report_of_several_mappings_with_holes_puts_each_bit_in_place() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     let base = 0x100000;
     map_owned(&space, base, 130, Prot::READ_WRITE); // pages 0..130
     map_owned(&space, base + 132 * P, 3, Prot::READ_WRITE); // pages 132..135
@@ -375,7 +323,7 @@ fn report_of_several_mappings_with_holes_puts_each_bit_in_place() {
 
 #[test]
 fn a_tracking_page_size_larger_than_the_page_size_marks_whole_tracking_pages() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x40000, 8, Prot::READ_WRITE);
     map_owned(&space, 0x48000, 8, Prot::READ_WRITE);
     space.dirty_start(4 * P).unwrap();
@@ -389,7 +337,7 @@ fn a_tracking_page_size_larger_than_the_page_size_marks_whole_tracking_pages() {
 
 #[test]
 fn pages_pinned_with_write_are_in_every_report_and_read_pins_are_not() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x10000, 4, Prot::READ_WRITE);
     map_owned(&space, 0x20000, 4, Prot::READ_WRITE);
     space.dirty_start(P).unwrap();
@@ -427,7 +375,7 @@ fn pages_pinned_with_write_are_in_every_report_and_read_pins_are_not() {
 /// container-level `DirtyLog` (and the same for `unmap`/`unmap_dirty`, whose callbacks unpin).
 #[test]
 fn a_write_pin_released_before_a_report_is_still_reported() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x10000, 4, Prot::READ_WRITE);
     space.dirty_start(P).unwrap();
     // Pinned, written through the host address, unpinned, all between two reports.
@@ -458,7 +406,7 @@ fn a_write_pin_released_before_a_report_is_still_reported() {
 /// device log, as `dma.rs::mark_dirty` does; while held, report its pages like WRITE pins.
 #[test]
 fn writes_through_segments_translated_for_write_are_reported() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x10000, 4, Prot::READ_WRITE);
     map_owned(&space, 0x14000, 4, Prot::READ_WRITE);
     space.dirty_start(P).unwrap();
@@ -480,7 +428,7 @@ fn writes_through_segments_translated_for_write_are_reported() {
 
 #[test]
 fn unmap_dirty_returns_the_removed_bitmap_relative_to_the_unmap_iova() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x10000, 4, Prot::READ_WRITE);
     map_owned(&space, 0x16000, 2, Prot::READ_WRITE);
     map_owned(&space, 0x30000, 2, Prot::READ_WRITE);
@@ -517,7 +465,7 @@ fn unmap_dirty_returns_the_removed_bitmap_relative_to_the_unmap_iova() {
 
 #[test]
 fn unmap_dirty_with_a_larger_tracking_page_size() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x40000, 8, Prot::READ_WRITE);
     map_owned(&space, 0x48000, 4, Prot::READ_WRITE);
     space.dirty_start(4 * P).unwrap();
@@ -533,7 +481,7 @@ fn unmap_dirty_with_a_larger_tracking_page_size() {
 
 #[test]
 fn unmap_dirty_with_tracking_off_is_einval_and_unmaps_nothing() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x10000, 4, Prot::READ_WRITE);
     let e = err(space.unmap_dirty(Iova(0x10000), 4 * P));
     assert_eq!(e.errno(), libc::EINVAL, "{e}");
@@ -549,7 +497,7 @@ fn unmap_dirty_with_tracking_off_is_einval_and_unmaps_nothing() {
 
 #[test]
 fn unmap_without_the_bitmap_drops_that_dirt() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x10000, 4, Prot::READ_WRITE);
     map_owned(&space, 0x14000, 4, Prot::READ_WRITE);
     space.dirty_start(P).unwrap();
@@ -562,7 +510,7 @@ fn unmap_without_the_bitmap_drops_that_dirt() {
 
 #[test]
 fn stop_drops_the_bits() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x10000, 4, Prot::READ_WRITE);
     space.dirty_start(P).unwrap();
     write(&dev, 0x11ff0, 0x20);
@@ -581,7 +529,7 @@ fn stop_drops_the_bits() {
 
 #[test]
 fn a_mapping_made_while_tracking_is_tracked() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x10000, 1, Prot::READ_WRITE);
     space.dirty_start(P).unwrap();
     map_owned(&space, 0x11000, 3, Prot::READ_WRITE);
@@ -605,7 +553,7 @@ fn a_mapping_made_while_tracking_is_tracked() {
 
 #[test]
 fn tracking_works_for_a_mapping_ending_at_2_pow_64() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     let top = u64::MAX - (2 * P - 1);
     map_owned(&space, top, 2, Prot::READ_WRITE);
     map_owned(&space, top - 2 * P, 2, Prot::READ_WRITE);
@@ -669,7 +617,7 @@ fn a_huge_map_while_tracking_fails_instead_of_aborting() {
         return;
     }
     // In the child.
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     space.dirty_start(P).unwrap();
     let size = 1u64 << 52;
     match space.map(
@@ -712,7 +660,7 @@ fn a_huge_map_while_tracking_fails_instead_of_aborting() {
 // ---------------------------------------------------------------------------------------------
 
 fn logging_env() -> (Container, Arc<DeviceHandle>) {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x100000, 64, Prot::READ_WRITE);
     (space, dev)
 }
@@ -870,7 +818,7 @@ fn logging_report_arguments() {
 
 #[test]
 fn logging_logs_writes_in_its_ranges_only() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x100000, 8, Prot::READ_WRITE);
     map_owned(&space, 0x108000, 8, Prot::READ_WRITE);
     dev.dma_logging_start(&[(Iova(0x102000), 4 * P), (Iova(0x10a000), 2 * P)], P)
@@ -902,7 +850,7 @@ fn logging_logs_writes_in_its_ranges_only() {
 
 #[test]
 fn device_logs_are_independent() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, 0x100000, 8, Prot::READ_WRITE);
     space.add_device(GroupId(1), DeviceId::new("dev1")).unwrap();
     let dev1 = space.device_handle(&DeviceId::new("dev1")).unwrap();
@@ -930,7 +878,7 @@ fn device_logs_are_independent() {
 fn logging_report_page_sizes_map_log_pages_onto_report_bits() {
     let l = 4 * P; // log page
     let base = 0x400000;
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, base, 64, Prot::READ_WRITE);
     dev.dma_logging_start(&[(Iova(base), 16 * l)], l).unwrap();
     // Ratio 1/8: a dirty log page sets all eight of its report bits.
@@ -966,7 +914,7 @@ fn logging_report_page_sizes_map_log_pages_onto_report_bits() {
 fn logging_dirt_of_a_partly_reported_log_page_is_reported_again() {
     let l = 4 * P;
     let base = 0x400000;
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     map_owned(&space, base, 64, Prot::READ_WRITE);
     dev.dma_logging_start(&[(Iova(base), 16 * l)], l).unwrap();
     write(&dev, base + l + 3 * P, 1); // log page 1, last quarter
@@ -1055,7 +1003,7 @@ fn logging_reports_match_a_reference_model() {
         let mut rng = StdRng::seed_from_u64(0xd1a7 + seed);
         let l = if seed % 2 == 0 { P } else { 4 * P };
         let span = 48 * l; // the mapped area: three adjacent mappings
-        let (space, dev) = env();
+        let (space, dev) = env_noop();
         let third = span / 3 / P;
         for i in 0..3 {
             map_owned(&space, base + i * third * P, third, Prot::READ_WRITE);
@@ -1184,7 +1132,7 @@ fn pages_of(writes: &[(u64, u64)], page: u64) -> BTreeSet<u64> {
 
 #[test]
 fn no_lost_dirt_container_level() {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     let base = 0x100_0000;
     // Four adjacent mappings of 200 pages, a hole of 24, one more mapping of 200: enough pages
     // that most writes find their bit clear, and many pages share each bitmap word.
@@ -1234,7 +1182,7 @@ fn no_lost_dirt_container_level() {
 
 /// One device-level "no lost dirt" run with reports at `rps` against a log of pages of `l`.
 fn no_lost_dirt_device_level(l: u64, rps: u64) {
-    let (space, dev) = env();
+    let (space, dev) = env_noop();
     let base = 0x4000_0000;
     let span = 160 * l;
     // Two mappings over the span; the log covers parts of it.

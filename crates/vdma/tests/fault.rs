@@ -1,26 +1,21 @@
 //! A file that shrinks under its mapping: accesses fail with EFAULT, the process lives on
 //! (semantics §3), and SIGBUS that is not vdma's still reaches the default action.
 
-use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use vdma::{Backing, Config, Container, GroupId, Iova, Memory, OwnedMemory, Prot};
+use vdma::{Backing, Iova, Memory, OwnedMemory, Prot};
 
-fn memfd(len: u64) -> File {
-    // SAFETY: memfd_create with a valid C string; the result is checked.
-    let fd = unsafe { libc::memfd_create(c"vdma-fault-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: the descriptor is new and owned by nobody else.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(len).unwrap();
-    file
-}
+mod common;
+use common::{group, memfd, space};
+
+/// The name of the memfds here.
+const NAME: &str = "vdma-fault-test";
 
 #[test]
 fn shrunk_file_gives_efault_not_sigbus() {
-    let file = memfd(4 * 4096);
-    let space = Container::new(Config::default()).unwrap();
+    let file = memfd(NAME, 4 * 4096);
+    let space = space();
     space
         .map(
             Iova(0x10000),
@@ -39,8 +34,7 @@ fn shrunk_file_gives_efault_not_sigbus() {
             Prot::READ_WRITE,
         )
         .unwrap();
-    space.attach_group(GroupId(1)).unwrap();
-    let h = space.group_handle(GroupId(1)).unwrap();
+    let h = group(&space);
     h.write(Iova(0x10000 + 3 * 4096), b"before").unwrap();
 
     file.set_len(4096).unwrap(); // pages 1..3 are gone from under the mapping
@@ -79,7 +73,7 @@ fn shrunk_file_gives_efault_not_sigbus() {
 
 #[test]
 fn memory_kinds_report_fault_through_memory_trait() {
-    let file = memfd(2 * 4096);
+    let file = memfd(NAME, 2 * 4096);
     let mem = vdma::FileMemory::shared(std::os::fd::AsFd::as_fd(&file), Prot::READ_WRITE, 2 * 4096)
         .unwrap();
     mem.write_at(4096, b"x").unwrap();
@@ -92,12 +86,12 @@ fn memory_kinds_report_fault_through_memory_trait() {
 #[test]
 fn sigbus_outside_vdma_mappings_still_kills() {
     // Make sure vdma's handler is installed, then fault on a mapping vdma does not know.
-    let file = memfd(4096);
-    let space = Container::new(Config::default()).unwrap();
+    let file = memfd(NAME, 4096);
+    let space = space();
     space
         .map(Iova(0), 4096, Backing::file(&file, 0), Prot::READ)
         .unwrap();
-    let foreign = memfd(2 * 4096);
+    let foreign = memfd(NAME, 2 * 4096);
     // SAFETY: a new shared mapping of our own memfd.
     let p = unsafe {
         libc::mmap(

@@ -28,9 +28,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::os::fd::FromRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -38,60 +37,18 @@ use proptest::test_runner::TestCaseError;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vdma::{
-    Backing, Config, Container, DeviceHandle, DeviceId, Direction, Error, GroupHandle, GroupId,
-    Iova, IovaRange, Memory, OwnedMemory, Prot, Segments,
+    Backing, Config, Container, DeviceHandle, Direction, Error, GroupHandle, GroupId, Iova,
+    IovaRange, Memory, OwnedMemory, Prot, Segments,
 };
+
+mod common;
+use common::{group, memfd, space, space_with_handles, MsgMemory};
 
 /// Pages in the IOVA window of one case.
 const WINDOW_PAGES: u64 = 64;
 
 /// What a failed `read` must leave in the caller's buffer: this byte, everywhere.
 const UNTOUCHED: u8 = 0xa5;
-
-// ---------------------------------------------------------------------------------------------
-// Memory with no host address (like a vfio-user client's): `dma_rw` must go through
-// `read_at`/`write_at`, and `translate` must refuse it.
-
-#[derive(Debug)]
-struct MsgMemory {
-    bytes: Mutex<Vec<u8>>,
-}
-
-impl MsgMemory {
-    fn new(bytes: Vec<u8>) -> MsgMemory {
-        MsgMemory {
-            bytes: Mutex::new(bytes),
-        }
-    }
-
-    fn range(&self, offset: u64, len: usize) -> std::ops::Range<usize> {
-        let n = self.bytes.lock().unwrap().len();
-        let start = offset as usize;
-        assert!(
-            start <= n && len <= n - start,
-            "vdma accessed [{offset:#x}, +{len:#x}) of a memory of {n:#x} bytes"
-        );
-        start..start + len
-    }
-}
-
-impl Memory for MsgMemory {
-    fn len(&self) -> u64 {
-        self.bytes.lock().unwrap().len() as u64
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> vdma::Result<()> {
-        let r = self.range(offset, buf.len());
-        buf.copy_from_slice(&self.bytes.lock().unwrap()[r]);
-        Ok(())
-    }
-
-    fn write_at(&self, offset: u64, buf: &[u8]) -> vdma::Result<()> {
-        let r = self.range(offset, buf.len());
-        self.bytes.lock().unwrap()[r].copy_from_slice(buf);
-        Ok(())
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Operations.
@@ -469,14 +426,6 @@ fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     bytes
 }
 
-fn memfd(name: &std::ffi::CStr) -> File {
-    // SAFETY: memfd_create takes a NUL-terminated name and flags and returns a new descriptor.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: the descriptor was just created and nothing else owns it.
-    unsafe { File::from_raw_fd(fd) }
-}
-
 impl Harness {
     fn new(setup: Setup) -> Harness {
         let ps = setup.page_size;
@@ -488,27 +437,24 @@ impl Harness {
         } else {
             vec![IovaRange::ALL]
         };
-        let space = Container::new(Config {
-            page_size: ps,
-            max_entries: setup.max_entries,
-            valid_ranges: ranges.clone(),
-            busy_timeout: Duration::from_millis(1),
-            ..Config::default()
-        })
-        .unwrap();
-        space.attach_group(GroupId(3)).unwrap();
-        space
-            .add_device(GroupId(3), DeviceId::new("0000:00:03.0"))
-            .unwrap();
-        let group = space.group_handle(GroupId(3)).unwrap();
-        let device = space.device_handle(&DeviceId::new("0000:00:03.0")).unwrap();
+        let (space, group, device) = space_with_handles(
+            Config {
+                page_size: ps,
+                max_entries: setup.max_entries,
+                valid_ranges: ranges.clone(),
+                busy_timeout: Duration::from_millis(1),
+                ..Config::default()
+            },
+            GroupId(3),
+            "0000:00:03.0",
+        );
         Harness {
             setup,
             ranges,
             space,
             group,
             device,
-            file: memfd(c"vdma-model"),
+            file: memfd("vdma-model", 0),
             file_len: 0,
             file_next: 0,
             model: BTreeMap::new(),
@@ -1224,7 +1170,7 @@ impl Memory for Vast {
 /// whose last byte would pass it is EOVERFLOW (§3).
 #[test]
 fn the_top_of_the_space() {
-    let space = Container::new(Config::default()).unwrap();
+    let space = space();
     let top = 0u64.wrapping_sub(2 * 4096);
     let mem = Arc::new(OwnedMemory::new(2 * 4096).unwrap());
     // One page past the top wraps.
@@ -1245,8 +1191,7 @@ fn the_top_of_the_space() {
             Prot::READ_WRITE,
         )
         .unwrap();
-    space.attach_group(GroupId(1)).unwrap();
-    let g = space.group_handle(GroupId(1)).unwrap();
+    let g = group(&space);
 
     g.write(Iova(u64::MAX - 3), b"last").unwrap();
     let mut buf = [0u8; 4];
@@ -1289,7 +1234,7 @@ fn the_top_of_the_space() {
 /// not panic).
 #[test]
 fn the_whole_space_in_two_mappings() {
-    let space = Container::new(Config::default()).unwrap();
+    let space = space();
     let half = 1u64 << 63;
     space
         .map(
@@ -1307,8 +1252,7 @@ fn the_whole_space_in_two_mappings() {
             Prot::READ,
         )
         .unwrap();
-    space.attach_group(GroupId(1)).unwrap();
-    let g = space.group_handle(GroupId(1)).unwrap();
+    let g = group(&space);
 
     let mut buf = [0u8; 8];
     g.read(Iova(half - 4), &mut buf).unwrap();

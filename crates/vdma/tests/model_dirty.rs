@@ -15,17 +15,17 @@
 //! _its_pages`).
 
 use std::collections::BTreeSet;
-use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::FromRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::Config as PropConfig;
-use vdma::{Backing, Config, Container, DeviceHandle, DeviceId, GroupId, Iova, OwnedMemory, Prot};
+use vdma::{Backing, Config, Container, DeviceHandle, Iova, OwnedMemory, Prot};
 
-const P: u64 = 4096;
+mod common;
+use common::{env_with, memfd, P};
+
 const SLOTS: u64 = 6;
 const SLOT_PAGES: u64 = 4;
 const PAGES: u64 = SLOTS * SLOT_PAGES;
@@ -63,17 +63,6 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Start),
         1 => Just(Op::Stop),
     ]
-}
-
-fn memfd(len: u64) -> File {
-    let name = CString::new("model-dirty").unwrap();
-    // SAFETY: a valid C string and flags; the result is checked.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: the descriptor is new and nobody else owns it.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(len).unwrap();
-    file
 }
 
 #[derive(Default)]
@@ -169,14 +158,10 @@ struct Real {
 
 impl Real {
     fn new() -> Real {
-        let space = Container::new(Config {
+        let (space, dev) = env_with(Config {
             busy_timeout: Duration::from_millis(50),
             ..Config::default()
-        })
-        .unwrap();
-        space.attach_group(GroupId(1)).unwrap();
-        space.add_device(GroupId(1), DeviceId::new("dev0")).unwrap();
-        let dev = Arc::new(space.device_handle(&DeviceId::new("dev0")).unwrap());
+        });
         let pins: Arc<Mutex<Vec<u64>>> = Default::default();
         let weak = Arc::downgrade(&dev);
         let list = pins.clone();
@@ -190,7 +175,9 @@ impl Real {
                 !inside
             });
         });
-        let files = (0..SLOTS).map(|_| memfd(SLOT_PAGES * P)).collect();
+        let files = (0..SLOTS)
+            .map(|_| memfd("model-dirty", SLOT_PAGES * P))
+            .collect();
         Real {
             space,
             dev,

@@ -1,10 +1,6 @@
 //! One test per rule of semantics §4 (pinning and unmap callbacks). Every error is checked by its
 //! errno against `libc`, and by its variant where the variant carries the IOVA the rule names.
 
-use std::ffi::CString;
-use std::fmt::Debug;
-use std::fs::File;
-use std::os::fd::FromRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -16,125 +12,12 @@ use vdma::{
     Memory, OwnedMemory, ProcessMemory, Prot, RawMemory, MAX_PIN_PAGES,
 };
 
-const P: u64 = 4096;
-const PU: usize = 4096;
-
-/// How long an unmap of pinned memory may retry before EBUSY, in these tests.
-const BUSY: Duration = Duration::from_millis(80);
+mod common;
+use common::*;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// A memfd of `len` bytes, zero-filled.
-fn memfd(name: &str, len: u64) -> File {
-    let name = CString::new(name).unwrap();
-    // SAFETY: a valid C string and flags; the result is checked.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: the descriptor is new and nobody else owns it.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(len).unwrap();
-    file
-}
-
-/// Page-aligned anonymous memory owned by the test (for `RawMemory` and `ProcessMemory`).
-struct Region {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the test only touches the memory with raw copies.
-unsafe impl Send for Region {}
-// SAFETY: as above.
-unsafe impl Sync for Region {}
-
-impl Region {
-    fn new(len: usize) -> Region {
-        // SAFETY: a new anonymous mapping; the result is checked.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED);
-        Region {
-            ptr: ptr.cast(),
-            len,
-        }
-    }
-
-    fn addr(&self) -> u64 {
-        self.ptr as u64
-    }
-
-    fn get(&self, off: usize, len: usize) -> Vec<u8> {
-        assert!(off + len <= self.len);
-        let mut out = vec![0u8; len];
-        // SAFETY: inside the mapping, which lives as long as self.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), out.as_mut_ptr(), len) };
-        out
-    }
-
-    fn set(&self, off: usize, data: &[u8]) {
-        assert!(off + data.len() <= self.len);
-        // SAFETY: inside the mapping, which lives as long as self.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), data.len()) };
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: this object made the mapping.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-fn config() -> Config {
-    Config {
-        busy_timeout: BUSY,
-        ..Config::default()
-    }
-}
-
-/// A space with group 1 holding device "dev0", and that device's handle.
-fn env_with(config: Config) -> (Container, Arc<DeviceHandle>) {
-    let space = Container::new(config).unwrap();
-    space.attach_group(GroupId(1)).unwrap();
-    space.add_device(GroupId(1), DeviceId::new("dev0")).unwrap();
-    let dev = Arc::new(space.device_handle(&DeviceId::new("dev0")).unwrap());
-    (space, dev)
-}
-
-fn env() -> (Container, Arc<DeviceHandle>) {
-    env_with(config())
-}
-
-/// Maps `pages` pages of fresh owned memory at `iova`.
-fn map_owned(space: &Container, iova: u64, pages: u64, prot: Prot) -> Arc<OwnedMemory> {
-    let memory = Arc::new(OwnedMemory::new((pages * P) as usize).unwrap());
-    space
-        .map(
-            Iova(iova),
-            pages * P,
-            Backing::memory(memory.clone(), 0),
-            prot,
-        )
-        .unwrap();
-    memory
-}
-
-fn err<T: Debug>(r: vdma::Result<T>) -> Error {
-    match r {
-        Ok(v) => panic!("expected an error, got Ok({v:?})"),
-        Err(e) => e,
-    }
-}
 
 /// The calls an unmap callback received.
 #[derive(Default)]
@@ -183,16 +66,6 @@ fn recording_unpinner(dev: &Arc<DeviceHandle>, pins: &PinList) -> Arc<Calls> {
         });
     });
     calls
-}
-
-fn read_host(host: HostAddr, offset: usize) -> u8 {
-    // SAFETY: `host` is a pinned page's address, valid until unpinned; offset < page size.
-    unsafe { std::ptr::read_volatile(host.as_ptr().add(offset)) }
-}
-
-fn write_host(host: HostAddr, offset: usize, byte: u8) {
-    // SAFETY: as `read_host`, and the page was pinned with WRITE on writable memory.
-    unsafe { std::ptr::write_volatile(host.as_ptr().add(offset), byte) }
 }
 
 /// Asserts that unmapping `[iova, iova + size)` fails with EBUSY (the device keeps its pins),
@@ -656,7 +529,7 @@ fn unmap_fails_ebusy_and_keeps_the_memory_when_the_callback_does_not_unpin() {
     let canary: Vec<u8> = (0..4 * PU).map(|i| (i * 7 + 3) as u8).collect();
     region.set(0, &canary);
     // SAFETY: the region outlives the space (dropped after it, below) and stays mapped.
-    let raw = Arc::new(unsafe { RawMemory::new(region.ptr, region.len) });
+    let raw = Arc::new(unsafe { RawMemory::new(region.ptr(), region.len()) });
     space
         .map(
             Iova(0x10000),
@@ -669,7 +542,7 @@ fn unmap_fails_ebusy_and_keeps_the_memory_when_the_callback_does_not_unpin() {
     let other = map_owned(&space, 0x12000, 1, Prot::READ_WRITE);
     other.write_at(5, b"other").unwrap();
     let hosts = dev.pin(Iova(0x11000), 1, Prot::WRITE).unwrap();
-    assert_eq!(hosts[0].0, region.ptr as usize + 2 * PU);
+    assert_eq!(hosts[0].0, region.ptr() as usize + 2 * PU);
     let before = space.mappings();
 
     let e = assert_unmap_busy(&space, 0x10000, 3 * P);

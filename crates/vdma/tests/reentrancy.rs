@@ -3,7 +3,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use vdma::{Backing, Config, Container, GroupId, Iova, Memory, OwnedMemory, Prot};
+use vdma::{Backing, Container, Iova, Memory, OwnedMemory, Prot};
+
+mod common;
+use common::{group, space};
 
 /// Memory whose reads try to map and unmap the space they are read through.
 #[derive(Debug)]
@@ -34,7 +37,7 @@ impl Memory for Meddler {
 
 #[test]
 fn map_and_unmap_from_inside_an_access_is_edeadlk() {
-    let space = Container::new(Config::default()).unwrap();
+    let space = space();
     let meddler = Arc::new(Meddler {
         space: Mutex::new(Some(space.clone())),
         seen: Mutex::new(Vec::new()),
@@ -47,8 +50,7 @@ fn map_and_unmap_from_inside_an_access_is_edeadlk() {
             Prot::READ,
         )
         .unwrap();
-    space.attach_group(GroupId(1)).unwrap();
-    let h = space.group_handle(GroupId(1)).unwrap();
+    let h = group(&space);
     let mut buf = [0u8; 4];
     h.read(Iova(0x10000), &mut buf).unwrap();
     assert_eq!(buf, [0x5a; 4]);

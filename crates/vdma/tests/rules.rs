@@ -3,10 +3,9 @@
 //! mapping). Every error is checked by its errno against `libc`, and by its variant where the
 //! variant carries an IOVA the rule names.
 
-use std::ffi::CString;
 use std::fmt::Debug;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,105 +18,12 @@ use vdma::{
     MappingInfo, Memory, OwnedMemory, ProcessMemory, Prot, RawMemory,
 };
 
-const P: u64 = 4096;
-const PU: usize = 4096;
+mod common;
+use common::*;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// A memfd of `len` bytes, zero-filled.
-fn memfd(name: &str, len: u64) -> File {
-    let name = CString::new(name).unwrap();
-    // SAFETY: a valid C string and flags; the result is checked.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: the descriptor is new and nobody else owns it.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(len).unwrap();
-    file
-}
-
-fn pread(file: &File, offset: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, offset).unwrap();
-    buf
-}
-
-/// Page-aligned anonymous private memory of this process, owned by the test.
-struct Region {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the test only touches the memory with raw copies.
-unsafe impl Send for Region {}
-// SAFETY: as above.
-unsafe impl Sync for Region {}
-
-impl Region {
-    fn new(len: usize) -> Region {
-        // SAFETY: a new anonymous mapping; the result is checked.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED);
-        Region {
-            ptr: ptr.cast(),
-            len,
-        }
-    }
-
-    fn addr(&self) -> u64 {
-        self.ptr as u64
-    }
-
-    fn get(&self, off: usize, len: usize) -> Vec<u8> {
-        assert!(off + len <= self.len);
-        let mut out = vec![0u8; len];
-        // SAFETY: inside the mapping, which lives as long as self.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), out.as_mut_ptr(), len) };
-        out
-    }
-
-    fn set(&self, off: usize, data: &[u8]) {
-        assert!(off + data.len() <= self.len);
-        // SAFETY: inside the mapping, which lives as long as self.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), data.len()) };
-    }
-
-    fn fill(&self, byte: u8) {
-        // SAFETY: the whole mapping.
-        unsafe { std::ptr::write_bytes(self.ptr, byte, self.len) };
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: this object made the mapping.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-fn space() -> Container {
-    Container::new(Config::default()).unwrap()
-}
-
-fn space_with(config: Config) -> Container {
-    Container::new(config).unwrap()
-}
-
-fn group(space: &Container) -> GroupHandle {
-    space.attach_group(GroupId(1)).unwrap();
-    space.group_handle(GroupId(1)).unwrap()
-}
 
 fn owned(len: usize) -> Arc<OwnedMemory> {
     Arc::new(OwnedMemory::new(len).unwrap())
@@ -141,15 +47,6 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 8) as u8))
         .collect()
-}
-
-/// The error of a call that must fail.
-#[track_caller]
-fn err<T: Debug>(r: vdma::Result<T>) -> Error {
-    match r {
-        Ok(v) => panic!("expected an error, got Ok({v:?})"),
-        Err(e) => e,
-    }
 }
 
 fn read(g: &GroupHandle, iova: u64, len: usize) -> Vec<u8> {
@@ -1577,7 +1474,7 @@ fn byte_granular_unaligned_accesses_match_a_model() {
     let raw_region = Region::new(PU);
     // SAFETY: raw_region stays mapped while the space can reach it: unmap_all below removes
     // the mapping before the end of the test.
-    let raw = Arc::new(unsafe { RawMemory::new(raw_region.ptr, PU) });
+    let raw = Arc::new(unsafe { RawMemory::new(raw_region.ptr(), PU) });
     let pm = me();
     let a = 0x7_0000_0000u64;
     let sizes = [
@@ -1716,7 +1613,7 @@ fn translate_gives_segments_across_mappings() {
     let file = memfd("translate", 2 * P);
     let region = Region::new(PU);
     // SAFETY: `region` outlives every use: the mapping is removed by unmap_all below.
-    let raw = Arc::new(unsafe { RawMemory::new(region.ptr, PU) });
+    let raw = Arc::new(unsafe { RawMemory::new(region.ptr(), PU) });
     let a = 0x30_0000u64;
     s.map(Iova(a), 2 * P, mem(&o, P), Prot::READ_WRITE).unwrap();
     s.map(
@@ -1744,7 +1641,7 @@ fn translate_gives_segments_across_mappings() {
     assert_eq!(segs.len(), data.len());
     assert!(!segs.is_empty());
     // The raw memory's segment is at the address it was given.
-    assert_eq!(segs.as_slice()[2].host.0, region.ptr as usize);
+    assert_eq!(segs.as_slice()[2].host.0, region.ptr() as usize);
     // The host bytes are the ones dma_rw wrote.
     let mut joined = Vec::new();
     for seg in segs.as_slice() {
@@ -2057,7 +1954,7 @@ fn raw_host_memory_is_used_in_place() {
     let g = group(&s);
     let region = Region::new(2 * PU);
     // SAFETY: `region` outlives the mapping, which is unmapped before the end of the test.
-    let raw = Arc::new(unsafe { RawMemory::new(region.ptr, 2 * PU) });
+    let raw = Arc::new(unsafe { RawMemory::new(region.ptr(), 2 * PU) });
     s.map(Iova(0x10000), P, mem(&raw, P), Prot::READ_WRITE)
         .unwrap();
     g.write(Iova(0x10010), b"raw").unwrap();
@@ -2065,7 +1962,7 @@ fn raw_host_memory_is_used_in_place() {
     region.set(PU + 0x20, b"direct");
     assert_eq!(read(&g, 0x10020, 6), b"direct");
     let segs = g.translate(Iova(0x10000), 1, Prot::READ).unwrap();
-    assert_eq!(segs.as_slice()[0].host.0, region.ptr as usize + PU);
+    assert_eq!(segs.as_slice()[0].host.0, region.ptr() as usize + PU);
     drop(segs);
     assert_eq!(s.unmap(Iova(0x10000), P).unwrap(), P);
 }
@@ -2136,7 +2033,7 @@ fn process_memory_that_faults_while_copying_is_efault() {
     region.set(0, b"fine");
     // SAFETY: the second page of our own region.
     assert_eq!(
-        unsafe { libc::mprotect(region.ptr.add(PU).cast(), PU, libc::PROT_NONE) },
+        unsafe { libc::mprotect(region.ptr().add(PU).cast(), PU, libc::PROT_NONE) },
         0
     );
     let pm = me();
@@ -2199,7 +2096,7 @@ fn another_process_is_read_and_written_then_esrch_once_gone() {
             let n = libc::read(rfd, (&mut b as *mut u8).cast(), 1);
             let mut ok = n == 1 && b == b'g';
             for i in 0..2 * PU {
-                if region.ptr.add(i).read_volatile() != *expected.as_ptr().add(i) {
+                if region.ptr().add(i).read_volatile() != *expected.as_ptr().add(i) {
                     ok = false;
                 }
             }
@@ -2384,7 +2281,7 @@ fn a_reused_pid_is_never_accessed() {
                 let n = libc::read(rb, (&mut byte as *mut u8).cast(), 1);
                 let mut ok = n == 1;
                 for i in 0..PU {
-                    if region.ptr.add(i).read_volatile() != 0xbb {
+                    if region.ptr().add(i).read_volatile() != 0xbb {
                         ok = false;
                     }
                 }
