@@ -738,8 +738,11 @@ fn threads_group(c: &mut Criterion, fx: &Fixtures, record: bool) {
         }
     }
     g.finish();
-    if record {
-        write_thread_stats(&all.into_inner().unwrap());
+    let all = all.into_inner().unwrap();
+    // Only a run of the whole group replaces the file (a filtered or profiling run would leave
+    // it with a few entries or none).
+    if record && all.len() == 2 * cases.len() {
+        write_thread_stats(&all);
     }
 }
 
