@@ -138,7 +138,7 @@ macro_rules! dma_methods {
         /// (semantics §3). All or nothing: a hole (EINVAL, naming the first unmapped IOVA) or a
         /// missing permission (EPERM) is found before any byte moves. Zero length: EINVAL;
         /// past 2^64: EOVERFLOW.
-        #[inline]
+        #[inline(always)]
         pub fn dma_rw(&self, iova: Iova, buf: &mut [u8], direction: Direction) -> Result<()> {
             let xfer = match direction {
                 Direction::Read => Xfer::Read(buf),
@@ -148,13 +148,13 @@ macro_rules! dma_methods {
         }
 
         /// Copies device-visible memory at `iova` into `buf` (needs READ).
-        #[inline]
+        #[inline(always)]
         pub fn read(&self, iova: Iova, buf: &mut [u8]) -> Result<()> {
             self.space.dma_rw(iova, Xfer::Read(buf))
         }
 
         /// Copies `buf` to device-visible memory at `iova` (needs WRITE).
-        #[inline]
+        #[inline(always)]
         pub fn write(&self, iova: Iova, buf: &[u8]) -> Result<()> {
             self.space.dma_rw(iova, Xfer::Write(buf))
         }
