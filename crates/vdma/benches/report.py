@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Markdown tables and target checks from the last `cargo bench -p vdma --bench dma` run.
+"""Markdown tables and target checks from the last `cargo bench -p vdma` run (benches `dma`
+and `tracking`).
 
 Reads criterion's estimates (target/criterion/<group>/<function>/<param>/new/estimates.json)
 and the `threads` group's side file (target/criterion/threads/vdma-thread-stats.json) and prints
@@ -268,6 +269,45 @@ def targets():
     print()
 
 
+def tracking_tables():
+    """Issue 3: dirty tracking on/off, report + clear, pin + unpin (bench `tracking`)."""
+    def est(group, func, param=None):
+        path = os.path.join(ROOT, group, func, *( [str(param)] if param is not None else []), "new", "estimates.json")
+        try:
+            with open(path) as f:
+                e = json.load(f)
+        except OSError:
+            return None
+        key = "slope" if e.get("slope") else "mean"
+        return e[key]["point_estimate"]
+
+    rows = []
+    off, on = est("dirty_write_4k", "tracking-off"), est("dirty_write_4k", "tracking-on")
+    if off and on:
+        rows.append(("4 KiB writes: tracking on / off throughput", f"{off / on:.2f}", ">= 0.95",
+                     "met" if off / on >= 0.95 else "**missed**"))
+    mc, rep = est("dirty_report_64g", "memcpy"), est("dirty_report_64g", "vdma")
+    if mc and rep:
+        rows.append(("report + clear of 64 GiB at 4 KiB (2 MiB bitmap) / memcpy of 2 MiB, bandwidth",
+                     f"{mc / rep:.2f} ({fmt_ns(rep)} vs {fmt_ns(mc)})", ">= 0.50",
+                     "met" if mc / rep >= 0.5 else "**missed**"))
+    for name in ["vdma", "vdma-no-mlock"]:
+        for n in [1, 512]:
+            v = est("pin_unpin", name, n)
+            if v:
+                per = v / n
+                rows.append((f"pin + unpin of {n} page{'s' if n > 1 else ''}, {name}: per page",
+                             fmt_ns(per), "< 100 ns", "met" if per < 100 else "**missed**"))
+    if not rows:
+        return
+    print("### Pinning and dirty tracking (`cargo bench -p vdma --bench tracking`)\n")
+    print("| target | measured | goal | result |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print()
+
+
 def main():
     if not os.path.isdir(ROOT):
         sys.exit(f"no criterion output at {ROOT}; run `cargo bench -p vdma --bench dma` first")
@@ -278,6 +318,7 @@ def main():
     lookup_random_table()
     lookup_hot_table()
     threads_table()
+    tracking_tables()
 
 
 if __name__ == "__main__":
