@@ -61,6 +61,21 @@ pub(crate) struct Space {
     pub(crate) memlock_limit: u64,
 }
 
+impl Drop for Space {
+    /// The last handle is gone: no reader can exist. Idle page locks in the memory about to be
+    /// released are forgotten first, so that memory mapped later at those addresses is not
+    /// taken for locked.
+    fn drop(&mut self) {
+        let control = self.control.get_mut().unwrap_or_else(|e| e.into_inner());
+        let ps = self.config.page_size as usize;
+        for e in control.current.iter() {
+            if let Some(host) = &e.host {
+                crate::pin::forget_idle_locks(host.base().0, host.len(), ps);
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for Space {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Space")
@@ -350,6 +365,14 @@ impl Space {
                 // No reader can find the removed mappings in the new table; wait for those that
                 // found them in an old one. Dropping the retired tables then releases the memory.
                 rcu::synchronize();
+                // Pages that pins left locked (idle) in the removed memory are unlocked while
+                // that memory is still mapped.
+                for e in &removed {
+                    if let Some(host) = &e.host {
+                        let ps = self.config.page_size as usize;
+                        crate::pin::forget_idle_locks(host.base().0, host.len(), ps);
+                    }
+                }
                 control.retired.clear();
                 let dirty = want_dirty.then(|| {
                     let shift = control.tracking.expect("checked by unmap_dirty");

@@ -11,7 +11,7 @@
 use std::cell::Cell;
 
 use smallvec::SmallVec;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -335,26 +335,79 @@ impl Space {
     }
 }
 
-/// How often each host page is locked by pins, over every mapping and address space: `mlock`
-/// does not nest, and mappings of one file share host pages.
-static LOCKED_PAGES: Mutex<Option<HashMap<usize, u32>>> = Mutex::new(None);
+/// Pages whose last pin went stay locked (idle) up to this many, so that pinning them again, as
+/// a mediated device does all the time, needs no system call. The oldest idle pages are
+/// unlocked first; unmap unlocks the idle pages of the memory it removes.
+const IDLE_LOCKED_MAX: usize = 1024;
 
-/// Locks `n` host pages of `page_size` from `host`; only pages not locked yet are `mlock`ed.
+/// Host pages locked by pins, over every mapping and address space: `mlock` does not nest, and
+/// mappings of one file share host pages.
+#[derive(Default)]
+struct HostLocks {
+    /// Per host page: pins holding it locked, and the stamp of its last idle spell. A page
+    /// with no pins is idle: still locked, and listed in `idle`.
+    pages: HashMap<usize, (u32, u64), BuildHasherDefault<PageHasher>>,
+    /// Idle pages, oldest first, with the stamp they went idle at; an entry whose page has been
+    /// pinned again (or unlocked) since has another stamp and is skipped.
+    idle: VecDeque<(usize, u64)>,
+    idle_count: usize,
+    stamp: u64,
+}
+
+impl HostLocks {
+    /// Whether `page` is idle under `stamp`.
+    fn is_idle(&self, page: usize, stamp: u64) -> bool {
+        self.pages.get(&page) == Some(&(0, stamp))
+    }
+
+    /// Unlocks idle pages, oldest first, until at most `keep` remain.
+    fn evict(&mut self, keep: usize, page_size: usize) {
+        while self.idle_count > keep {
+            let Some((page, stamp)) = self.idle.pop_front() else {
+                break;
+            };
+            if self.is_idle(page, stamp) {
+                self.pages.remove(&page);
+                self.idle_count -= 1;
+                munlock(page, page_size);
+            }
+        }
+        // Entries made stale by pages pinned again pile up: drop them now and then.
+        if self.idle.len() > 4 * IDLE_LOCKED_MAX + 64 {
+            let pages = &self.pages;
+            self.idle.retain(|&(p, s)| pages.get(&p) == Some(&(0, s)));
+        }
+    }
+}
+
+static HOST_LOCKS: Mutex<Option<HostLocks>> = Mutex::new(None);
+
+fn host_locks() -> MutexGuard<'static, Option<HostLocks>> {
+    HOST_LOCKS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Locks `n` host pages of `page_size` from `host`: pages not locked yet are `mlock`ed (one
+/// call per run), idle ones are taken back without a system call.
 fn lock_pages(host: usize, n: usize, page_size: usize) -> Result<()> {
-    let mut locked = LOCKED_PAGES.lock().unwrap_or_else(|e| e.into_inner());
-    let locked = locked.get_or_insert_with(HashMap::new);
-    let fresh: Vec<usize> = (0..n)
+    let mut guard = host_locks();
+    let locks = guard.get_or_insert_with(HostLocks::default);
+    let fresh: SmallVec<[usize; 8]> = (0..n)
         .map(|i| host + i * page_size)
-        .filter(|p| !locked.contains_key(p))
+        .filter(|p| !locks.pages.contains_key(p))
         .collect();
-    // mlock runs of fresh pages, one call each.
     let mut i = 0;
     while i < fresh.len() {
         let mut j = i + 1;
         while j < fresh.len() && fresh[j] == fresh[j - 1] + page_size {
             j += 1;
         }
-        if let Err(e) = mlock(fresh[i], (j - i) * page_size) {
+        let mut locked = mlock(fresh[i], (j - i) * page_size);
+        if locked.is_err() && locks.idle_count > 0 {
+            // Idle locks may be what keeps us under RLIMIT_MEMLOCK: give them up and retry.
+            locks.evict(0, page_size);
+            locked = mlock(fresh[i], (j - i) * page_size);
+        }
+        if let Err(e) = locked {
             for &p in &fresh[..i] {
                 munlock(p, page_size);
             }
@@ -363,42 +416,63 @@ fn lock_pages(host: usize, n: usize, page_size: usize) -> Result<()> {
         i = j;
     }
     for p in 0..n {
-        *locked.entry(host + p * page_size).or_insert(0) += 1;
+        let page = host + p * page_size;
+        let entry = locks.pages.entry(page).or_insert((0, 0));
+        if entry.0 == 0 && fresh.binary_search(&page).is_err() {
+            locks.idle_count -= 1; // an idle page pinned again
+        }
+        entry.0 += 1;
     }
     Ok(())
 }
 
-/// Gives back one lock of each host page in `pages` (ascending); `munlock`s those with none
-/// left, one call per run of adjacent pages.
+/// Gives back one lock of each host page in `pages`; a page left with none goes idle (still
+/// locked), and the oldest idle pages beyond the cap are unlocked.
 fn unlock_pages(pages: &[usize], page_size: usize) {
     if pages.is_empty() {
         return;
     }
-    let mut locked = LOCKED_PAGES.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(locked) = locked.as_mut() else {
+    let mut guard = host_locks();
+    let Some(locks) = guard.as_mut() else {
         return;
     };
-    let mut run: Option<(usize, usize)> = None; // (start, bytes)
-    for &host in pages {
-        let Some(count) = locked.get_mut(&host) else {
+    for &page in pages {
+        let Some(entry) = locks.pages.get_mut(&page) else {
             continue;
         };
-        *count -= 1;
-        if *count != 0 {
+        if entry.0 == 0 {
             continue;
         }
-        locked.remove(&host);
-        run = match run {
-            Some((start, len)) if start + len == host => Some((start, len + page_size)),
-            Some((start, len)) => {
-                munlock(start, len);
-                Some((host, page_size))
-            }
-            None => Some((host, page_size)),
-        };
+        entry.0 -= 1;
+        if entry.0 == 0 {
+            locks.stamp += 1;
+            entry.1 = locks.stamp;
+            locks.idle.push_back((page, locks.stamp));
+            locks.idle_count += 1;
+        }
     }
-    if let Some((start, len)) = run {
-        munlock(start, len);
+    locks.evict(IDLE_LOCKED_MAX, page_size);
+}
+
+/// Unlocks the idle pages in `[start, start + len)`, host memory that is about to go away.
+pub(crate) fn forget_idle_locks(start: usize, len: usize, page_size: usize) {
+    let mut guard = host_locks();
+    let Some(locks) = guard.as_mut() else {
+        return;
+    };
+    if locks.idle_count == 0 {
+        return;
+    }
+    let gone: Vec<usize> = locks
+        .pages
+        .iter()
+        .filter(|(&p, &(n, _))| n == 0 && p >= start && p < start + len)
+        .map(|(&p, _)| p)
+        .collect();
+    for page in gone {
+        locks.pages.remove(&page);
+        locks.idle_count -= 1;
+        munlock(page, page_size);
     }
 }
 

@@ -807,14 +807,10 @@ fn is_mlocked(addr: usize) -> bool {
     panic!("no mapping at {addr:#x}");
 }
 
-/// LIBRARY BUG: `pin.rs`, `Space::unpin`: when a page's pin count in one mapping drops to 0 it
-/// is `munlock`ed, but `mlock` does not nest, and the same host page can be pinned through
-/// another mapping: two IOVA mappings of one file share one host mapping (`memory/file.rs`,
-/// `FileMemory::shared`, also across containers), and two mappings may use one `Memory` at the
-/// same offset. The unpin through one mapping unlocks the page still pinned through the other,
-/// although `Config::mlock` promises pinned pages are kept locked. Suggested fix: count locks
-/// per host page (for example a process-wide map from host page to lock count, or keep the
-/// count in the shared `Memory`), and `munlock` only when the last pin of that host page goes.
+/// `mlock` does not nest and mappings of one file share host pages, so locks are counted per
+/// host page: an unpin through one mapping must not unlock a page still pinned through another.
+/// A page whose last pin goes may stay locked (idle, so that pinning it again costs no system
+/// call), but no longer than its memory stays mapped.
 #[test]
 fn a_page_pinned_through_two_mappings_stays_locked_until_both_unpin() {
     let (space, dev) = env_with(Config {
@@ -849,5 +845,38 @@ fn a_page_pinned_through_two_mappings_stays_locked_until_both_unpin() {
         "the page is still pinned through 0x21000 but no longer locked"
     );
     dev.unpin(Iova(0x21000), 1).unwrap();
-    assert!(!is_mlocked(b[0].0), "the last unpin unlocks the page");
+    // A third mapping of the file keeps the shared host mapping alive after the other two go.
+    space
+        .map(
+            Iova(0x30000),
+            4 * P,
+            Backing::file(&file, 0),
+            Prot::READ_WRITE,
+        )
+        .unwrap();
+    space.unmap(Iova(0x10000), 4 * P).unwrap();
+    space.unmap(Iova(0x20000), 4 * P).unwrap();
+    assert!(
+        !is_mlocked(b[0].0),
+        "the memory the page was pinned through is unmapped, so it is unlocked"
+    );
+}
+
+/// Pinning a page again right after its last unpin finds it still locked: no system call, and
+/// the page stays resident throughout.
+#[test]
+fn a_page_pinned_again_after_unpin_is_still_locked() {
+    let (space, dev) = env_with(Config {
+        mlock: true,
+        ..config()
+    });
+    recording_noop(&dev);
+    map_owned(&space, 0x10000, 4, Prot::READ_WRITE);
+    let a = dev.pin(Iova(0x11000), 1, Prot::READ).unwrap();
+    dev.unpin(Iova(0x11000), 1).unwrap();
+    assert!(is_mlocked(a[0].0), "an idle page stays locked");
+    let b = dev.pin(Iova(0x11000), 1, Prot::READ).unwrap();
+    assert_eq!(a, b);
+    assert!(is_mlocked(b[0].0));
+    dev.unpin(Iova(0x11000), 1).unwrap();
 }
