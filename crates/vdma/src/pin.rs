@@ -391,6 +391,16 @@ fn host_locks() -> MutexGuard<'static, Option<HostLocks>> {
 fn lock_pages(host: usize, n: usize, page_size: usize) -> Result<()> {
     let mut guard = host_locks();
     let locks = guard.get_or_insert_with(HostLocks::default);
+    if n == 1 {
+        // One page, the common case: locked already (pinned elsewhere, or idle), or lock it.
+        if let Some(entry) = locks.pages.get_mut(&host) {
+            if entry.0 == 0 {
+                locks.idle_count -= 1;
+            }
+            entry.0 += 1;
+            return Ok(());
+        }
+    }
     let fresh: SmallVec<[usize; 8]> = (0..n)
         .map(|i| host + i * page_size)
         .filter(|p| !locks.pages.contains_key(p))
