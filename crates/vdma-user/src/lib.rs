@@ -10,7 +10,7 @@
 //!   whole however the kernel splits them, with reader and writer halves for different threads.
 #![warn(missing_docs)]
 
-pub mod protocol;
-pub mod transport;
 pub mod client;
+pub mod protocol;
 pub mod server;
+pub mod transport;
