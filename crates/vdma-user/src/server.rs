@@ -1,1 +1,305 @@
 //! The vfio-user server: serves one device to one client at a time over a Unix socket.
+//!
+//! A device author implements [`Device`] (regions, interrupts, reset, and what to do with the
+//! DMA handle it gets while a client is connected); [`Server`] does the rest: the socket, VERSION
+//! negotiation, the client's address space (a [`vdma::Container`]: DMA_MAP with a file is a
+//! shared mapping of it, DMA_MAP without one is [`DmaMemory`], reached with DMA_READ/DMA_WRITE
+//! messages), every command, and the cleanup when the client leaves.
+//!
+//! # Threads, and how replies find their requests
+//!
+//! Per client, a reader thread receives every message and a handler thread (the one that
+//! called [`Server::serve`] or [`Server::serve_one`]) handles commands in order. The reader
+//! tells a reply from a command by the header's type bits: replies answer the server's own
+//! DMA_READ/DMA_WRITE and go straight to the thread waiting for that message id; commands are
+//! queued for the handler. So a command whose device work blocks in a DMA round trip (on the
+//! handler thread or any device thread) still gets its reply while later commands wait.
+//!
+//! # A DMA round trip and DMA_UNMAP from the same client
+//!
+//! A DMA access to message-backed memory runs inside the core's read section, which lasts the
+//! whole round trip. A DMA_UNMAP is handled after the commands before it; `unmap` publishes the
+//! new table and waits for every read section that may still see the old one. If a device
+//! thread is in a round trip on that memory, the unmap waits for it: the reader keeps routing
+//! replies, so the round trip ends (with the data, the client's error, or ETIMEDOUT after the
+//! reply timeout) and the unmap then completes; when it replies, no access to the removed
+//! memory is in flight. A client that answers DMA_READ only after its DMA_UNMAP is answered
+//! makes the unmap wait for the reply timeout (QEMU answers server requests while it waits).
+//! A device that does DMA on the handler thread (from a region write) blocks later commands,
+//! DMA_UNMAP included, until its round trip ends.
+//!
+//! # What the client gets
+//!
+//! VERSION 0.0 with compact capabilities (`max_msg_fds`, `max_data_xfer_size`,
+//! `max_dma_maps`, `pgsizes`, `migration` {`pgsize`, `max_bitmap_size`}, `write_multiple`):
+//! the reply is shorter than QEMU's 214-byte request. The DMA layout is detected from the
+//! client's VERSION ([`crate::protocol::DmaLayout::detect`]) unless
+//! [`ServerConfig::dma_layout`] forces one. Every failed command gets an error reply with the
+//! core's, the protocol's or the device's errno (none if it asked for no reply); a message too
+//! large or with too many descriptors is drained and refused; when the framing is lost the
+//! client is disconnected. Migration (MIGRATION, MIG_DEVICE_STATE, MIG_DATA_*) is ENOTSUP.
+//! DMA_UNMAP with GET_DIRTY_BITMAP needs container-level dirty tracking
+//! ([`vdma::Container::dirty_start`] on [`Server::container`]); EINVAL otherwise.
+//! DMA_LOGGING_START without ranges logs the memory mapped at that moment.
+
+mod commands;
+mod config;
+mod device;
+mod dma_memory;
+mod error;
+mod pending;
+mod queue;
+mod session;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vdma::{Container, DeviceId, GroupId};
+
+pub use config::ServerConfig;
+pub use device::{
+    Device, DeviceDescription, DeviceError, IrqAction, IrqDescription, IrqRequest, IrqSetData,
+    RegionDescription, RegionMmap,
+};
+pub use dma_memory::DmaMemory;
+pub use error::{CommandError, ServerError};
+
+use crate::transport::TransportError;
+
+/// How often an idle accept loop looks at the stop flag.
+const ACCEPT_POLL: Duration = Duration::from_millis(50);
+
+/// The group and device id the served device has in the client's address space.
+const DEVICE_NAME: &str = "vfio-user";
+
+/// How a session ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SessionEnd {
+    /// The client closed the connection.
+    Closed,
+    /// The server was stopped ([`Server::stop`]).
+    Stopped,
+    /// The connection failed: framing lost, a socket error, or a reply that could not be sent.
+    Failed(TransportError),
+}
+
+/// What the server and its sessions share.
+pub(crate) struct Shared {
+    pub(crate) device: Arc<dyn Device>,
+    pub(crate) container: Container,
+    pub(crate) device_id: DeviceId,
+    pub(crate) config: ServerConfig,
+    pub(crate) stop: AtomicBool,
+}
+
+/// A vfio-user server for one device.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # fn device() -> Arc<dyn vdma_user::server::Device> { unimplemented!() }
+/// use vdma_user::server::{Server, ServerConfig};
+/// let server = Server::bind("/run/my-device.sock", device(), ServerConfig::default())?;
+/// server.serve()?; // one client after another, until `server.stop()`
+/// # Ok::<(), vdma_user::server::ServerError>(())
+/// ```
+pub struct Server {
+    shared: Shared,
+    listener: Option<UnixListener>,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("path", &self.path)
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server without a socket: serve connections made elsewhere
+    /// ([`Server::serve_connection`], e.g. one end of a socketpair).
+    pub fn new(device: Arc<dyn Device>, config: ServerConfig) -> Result<Server, ServerError> {
+        let container = Container::new(config.address_space.clone())?;
+        let group = GroupId(0);
+        let device_id = DeviceId::new(DEVICE_NAME);
+        container.attach_group(group)?;
+        container.add_device(group, device_id.clone())?;
+        Ok(Server {
+            shared: Shared {
+                device,
+                container,
+                device_id,
+                config,
+                stop: AtomicBool::new(false),
+            },
+            listener: None,
+            path: None,
+        })
+    }
+
+    /// A server listening on a Unix socket at `path`, created with mode 0600 (bound in a
+    /// private directory, then moved into place, so no one can connect before the mode is
+    /// set). A stale socket at the path (no server answers) is replaced; a live one is
+    /// EADDRINUSE; anything else at the path is left alone (EEXIST). The socket file is
+    /// removed when the server is dropped.
+    pub fn bind(
+        path: impl AsRef<Path>,
+        device: Arc<dyn Device>,
+        config: ServerConfig,
+    ) -> Result<Server, ServerError> {
+        let path = path.as_ref().to_path_buf();
+        let mut server = Server::new(device, config)?;
+        remove_stale(&path)?;
+        let listener = bind_private(&path)?;
+        server.listener = Some(listener);
+        server.path = Some(path);
+        Ok(server)
+    }
+
+    /// The socket path, for a bound server.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The client's address space (empty between clients).
+    pub fn container(&self) -> &Container {
+        &self.shared.container
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.shared.config
+    }
+
+    /// Asks [`Server::serve`], [`Server::serve_one`] and a running session to stop (within
+    /// about 50 ms; a session then disconnects its client). Stays set.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Server::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// Serves clients one at a time until [`Server::stop`].
+    pub fn serve(&self) -> Result<(), ServerError> {
+        while !self.is_stopped() {
+            self.serve_one()?;
+        }
+        Ok(())
+    }
+
+    /// Accepts one client and serves it until it leaves; [`SessionEnd::Stopped`] if the
+    /// server is stopped first.
+    pub fn serve_one(&self) -> Result<SessionEnd, ServerError> {
+        let listener = self.listener.as_ref().ok_or(ServerError::NotListening)?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| ServerError::Io {
+                op: "fcntl",
+                source,
+            })?;
+        loop {
+            if self.is_stopped() {
+                return Ok(SessionEnd::Stopped);
+            }
+            match listener.accept() {
+                Ok((socket, _)) => return self.serve_connection(socket),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(ACCEPT_POLL),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(ServerError::Io {
+                        op: "accept",
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Serves one connected client until it leaves. At the end nothing is mapped, the device
+    /// has given back its DMA handle, and the server can serve the next client.
+    pub fn serve_connection(&self, socket: UnixStream) -> Result<SessionEnd, ServerError> {
+        session::run(&self.shared, socket)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Removes a socket at `path` that no server answers on.
+fn remove_stale(path: &Path) -> Result<(), ServerError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(ServerError::Bind {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ServerError::NotASocket {
+            path: path.to_path_buf(),
+        });
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(ServerError::InUse {
+            path: path.to_path_buf(),
+        });
+    }
+    fs::remove_file(path).map_err(|source| ServerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Binds a socket with mode 0600 at `path`: in a fresh 0700 directory next to it first, then
+/// renamed into place. A path too long for that falls back to binding in place and setting
+/// the mode right after.
+fn bind_private(path: &Path) -> Result<UnixListener, ServerError> {
+    let bind_err = |source| ServerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = parent.join(format!(".vdma-{}-{n}", std::process::id()));
+    let staged = dir.join("s");
+    let made = fs::DirBuilder::new().mode(0o700).create(&dir);
+    if made.is_ok() {
+        let result = UnixListener::bind(&staged).and_then(|listener| {
+            fs::set_permissions(&staged, fs::Permissions::from_mode(0o600))?;
+            fs::rename(&staged, path)?;
+            Ok(listener)
+        });
+        let _ = fs::remove_file(&staged);
+        let _ = fs::remove_dir(&dir);
+        if let Ok(listener) = result {
+            return Ok(listener);
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    Ok(listener)
+}

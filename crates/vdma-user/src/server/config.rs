@@ -1,0 +1,68 @@
+//! [`ServerConfig`]: the limits a server advertises and enforces, and its timeouts.
+
+use std::time::Duration;
+
+use crate::protocol::{Capabilities, DmaLayoutChoice, MigrationCapability};
+
+/// How a [`crate::server::Server`] is set up.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The client's address space: its page size is the advertised `pgsizes` and the
+    /// migration `pgsize`, its entry limit the advertised `max_dma_maps`.
+    pub address_space: vdma::Config,
+    /// The most data in one REGION_READ/WRITE or DMA_READ reply this server takes and sends
+    /// (advertised as `max_data_xfer_size`; default 1 MiB).
+    pub max_data_xfer_size: u32,
+    /// The most file descriptors this server takes in one message (advertised as
+    /// `max_msg_fds`; default 16).
+    pub max_msg_fds: u32,
+    /// The largest dirty bitmap sent in one reply, in bytes (advertised as the migration
+    /// `max_bitmap_size`; default 1 MiB, what one message carries).
+    pub max_bitmap_size: u64,
+    /// How the DMA_READ/DMA_WRITE layout is picked (default: detected from the client's
+    /// VERSION, see [`crate::protocol::DmaLayout::detect`]).
+    pub dma_layout: DmaLayoutChoice,
+    /// How long a DMA_READ/DMA_WRITE waits for the client's reply (default 5 s, QEMU's own
+    /// reply timeout); ETIMEDOUT after it.
+    pub reply_timeout: Duration,
+    /// How long one message may take to send before the client is considered stuck and
+    /// disconnected (default 10 s).
+    pub send_timeout: Duration,
+    /// Bytes of commands the reader queues ahead of the handler (default 64 MiB).
+    pub queue_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            address_space: vdma::Config::default(),
+            max_data_xfer_size: Capabilities::DEFAULT_MAX_DATA_XFER_SIZE as u32,
+            max_msg_fds: 16,
+            max_bitmap_size: Capabilities::DEFAULT_MAX_DATA_XFER_SIZE,
+            dma_layout: DmaLayoutChoice::Auto,
+            reply_timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(10),
+            queue_bytes: 64 << 20,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The capabilities of the VERSION reply. Compact on purpose: QEMU takes a reply no longer
+    /// than its own 214-byte request.
+    pub fn capabilities(&self) -> Capabilities {
+        let page_size = self.address_space.page_size;
+        Capabilities {
+            max_msg_fds: Some(self.max_msg_fds),
+            max_data_xfer_size: Some(u64::from(self.max_data_xfer_size)),
+            max_dma_maps: Some(u32::try_from(self.address_space.max_entries).unwrap_or(u32::MAX)),
+            pgsizes: Some(page_size),
+            migration: Some(MigrationCapability {
+                pgsize: Some(page_size),
+                max_bitmap_size: Some(self.max_bitmap_size),
+            }),
+            write_multiple: Some(true),
+            twin_socket: None,
+        }
+    }
+}
