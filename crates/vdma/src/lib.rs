@@ -12,7 +12,10 @@
 //! use vdma::{Backing, Config, Container, DeviceId, Direction, GroupId, Iova, Prot};
 //!
 //! // Guest memory as a VMM would share it: a memfd.
+//! // SAFETY: a valid C string and flags; the result is checked below.
 //! let fd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), 0) };
+//! assert!(fd >= 0);
+//! // SAFETY: the descriptor was just created and nothing else owns it.
 //! let file = unsafe { std::fs::File::from_raw_fd(fd) };
 //! file.set_len(1 << 20).unwrap();
 //!
