@@ -23,8 +23,8 @@ pub struct Config {
     pub max_entries: usize,
     /// The IOVA ranges a mapping may use; a mapping must lie inside one of them.
     pub valid_ranges: Vec<IovaRange>,
-    /// How long `unmap` waits for segments ([`crate::Segments`]) on the range to be dropped
-    /// before it fails with EBUSY.
+    /// How long `unmap`, over its rounds of device unmap callbacks, waits for the pins and
+    /// segments ([`crate::Segments`]) on the range to be given back before it fails with EBUSY.
     pub busy_timeout: Duration,
     /// The most bytes that pins may hold locked at once; `None`: the soft RLIMIT_MEMLOCK at
     /// creation. Past it, `pin` fails with ENOMEM.
