@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod pci;
 pub mod protocol;
 pub mod server;
 pub mod transport;

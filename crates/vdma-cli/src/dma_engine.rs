@@ -1,0 +1,1 @@
+//! The sample `dma-engine` device.

@@ -1,0 +1,5 @@
+//! The `vdma` command's library: the sample `dma-engine` device and the pieces of the command
+//! line tool (serve, probe).
+#![warn(missing_docs)]
+
+pub mod dma_engine;
