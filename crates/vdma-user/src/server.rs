@@ -38,8 +38,11 @@
 //! core's, the protocol's or the device's errno (none if it asked for no reply); a message too
 //! large or with too many descriptors is drained and refused; when the framing is lost the
 //! client is disconnected. Migration (MIGRATION, MIG_DEVICE_STATE, MIG_DATA_*) is ENOTSUP.
-//! DMA_UNMAP with GET_DIRTY_BITMAP needs container-level dirty tracking
-//! ([`vdma::Container::dirty_start`] on [`Server::container`]); EINVAL otherwise.
+//! DMA_UNMAP with GET_DIRTY_BITMAP needs dirty tracking: the device's DMA log
+//! (DMA_LOGGING_START; the range is unmapped, then its logged bits are read and cleared at the
+//! client's page size) or container-level tracking ([`vdma::Container::dirty_start`] on
+//! [`Server::container`], at its page size); EINVAL otherwise. The bitmap the client asks for
+//! is bounded by `max_bitmap_size` (E2BIG past it).
 //! DMA_LOGGING_START without ranges logs the memory mapped at that moment.
 
 mod commands;

@@ -657,6 +657,59 @@ fn dma_unmap_dirty_bitmap_with_tracking() {
 }
 
 #[test]
+fn dma_unmap_dirty_bitmap_from_the_device_log() {
+    with_session(TestDevice::new(), DmaLayout::Spec, |client, server| {
+        client.version(spec_caps());
+        let file = memfd("guest");
+        file.set_len(0x10000).unwrap();
+        assert_eq!(
+            client.dma_map_fd(0x10_0000, 0x10000, 0, &file).errno(),
+            None
+        );
+        let request = |pgsize: u64, size: u64| DmaUnmapRequest {
+            unmap: DmaUnmap {
+                argsz: (24 + 16 + size as u32).into(),
+                flags: DMA_UNMAP_FLAG_GET_DIRTY_BITMAP.into(),
+                addr: 0x10_0000.into(),
+                size: 0x10000.into(),
+            },
+            bitmap: Some(DmaBitmap {
+                pgsize: pgsize.into(),
+                size: size.into(),
+            }),
+        };
+        let mut start = DmaLoggingControl {
+            page_size: 4096.into(),
+            num_ranges: 1.into(),
+            reserved: 0.into(),
+        }
+        .as_bytes()
+        .to_vec();
+        start.extend_from_slice(DmaLoggingRange::new(0x10_0000, 0x10000).as_bytes());
+        let flags = FEATURE_SET | u32::from(FEATURE_DMA_LOGGING_START);
+        let a = client.call(Command::DeviceFeature, &encode_feature(flags, &start));
+        assert_eq!(a.errno(), None);
+        // Pages 5 and 6 written (a copy that crosses a page boundary).
+        assert_eq!(client.device_copy(0x10_0000, 0x10_5ff8, 16), 0);
+        // A bitmap larger than max_bitmap_size: E2BIG, a page size that is no power of two:
+        // EINVAL; neither unmaps.
+        let a = client.call(Command::DmaUnmap, &request(4096, 2 << 20).encode());
+        assert_eq!(a.errno(), Some(libc::E2BIG as u32));
+        let a = client.call(Command::DmaUnmap, &request(3000, 8).encode());
+        assert_eq!(a.errno(), Some(libc::EINVAL as u32));
+        assert_eq!(server.container().mappings().len(), 1);
+        // The device log answers at the client's page size: 4 KiB pages 5 and 6 lie in
+        // 8 KiB pages 2 and 3.
+        let a = client.call(Command::DmaUnmap, &request(8192, 8).encode());
+        assert_eq!(a.errno(), None);
+        let reply = DmaUnmapReply::decode(&a.payload, 0).unwrap();
+        let (_, bits) = reply.bitmap.unwrap();
+        assert_eq!(bits, vec![0b1100, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(server.container().mappings().is_empty());
+    });
+}
+
+#[test]
 fn dma_logging_start_report_stop() {
     with_session(TestDevice::new(), DmaLayout::Spec, |client, _| {
         client.version(spec_caps());

@@ -282,6 +282,11 @@ impl DeviceHandle {
             .logging_report(&self.device.id, iova, length, page_size)
     }
 
+    /// The page size of the device's DMA log, or `None` when it is not logging.
+    pub fn dma_logging_page_size(&self) -> Option<u64> {
+        self.space.logging_page_size(&self.device.id)
+    }
+
     /// The device's group.
     pub fn group(&self) -> GroupId {
         self.group.0.id

@@ -312,6 +312,17 @@ impl Space {
     /// is dirty. Logged pages that the range covers only in part are reported and stay dirty,
     /// so no dirt is lost whatever the page size ratio. Not logging: EINVAL; zero length:
     /// EINVAL; past 2^64: EOVERFLOW.
+    /// The page size of `device`'s DMA log, if it is logging.
+    pub(crate) fn logging_page_size(&self, device: &DeviceId) -> Option<u64> {
+        let control = self.lock();
+        let log = control
+            .current
+            .device_logs
+            .iter()
+            .find(|l| &l.device == device)?;
+        Some(1 << log.shift)
+    }
+
     pub(crate) fn logging_report(
         &self,
         device: &DeviceId,

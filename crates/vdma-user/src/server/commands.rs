@@ -163,10 +163,7 @@ impl<'a> Commands<'a> {
             return Ok(Reply::new(unmap.as_bytes().to_vec()));
         };
         let pgsize = bitmap.pgsize.get();
-        let Some(tracking) = container.dirty_page_size() else {
-            return Err(vdma::Error::NotTracking.into());
-        };
-        if pgsize != tracking {
+        if !pgsize.is_power_of_two() {
             return Err(vdma::Error::BadPageSize { page_size: pgsize }.into());
         }
         let need =
@@ -174,10 +171,25 @@ impl<'a> Commands<'a> {
         if bitmap.size.get() < need {
             return Err(CommandError::Invalid("bitmap smaller than the range needs"));
         }
-        if need > self.shared.config.max_bitmap_size {
+        // The reply carries the client's size: bound that, not only what the range needs.
+        if bitmap.size.get() > self.shared.config.max_bitmap_size {
             return Err(CommandError::TooLarge("dirty bitmap past max_bitmap_size"));
         }
-        let (_, dirty) = container.unmap_dirty(iova, size)?;
+        let dirty = match container.dirty_page_size() {
+            // Container-level tracking: its page size, and the removed mappings' own bits.
+            Some(tracking) if pgsize != tracking => {
+                return Err(vdma::Error::BadPageSize { page_size: pgsize }.into());
+            }
+            Some(_) => container.unmap_dirty(iova, size)?.1,
+            // Device-level logging (DMA_LOGGING_START): the log is kept by IOVA and outlives
+            // the mapping, so unmap first (after that no write can land in the range), then
+            // read and clear the range's bits at the client's page size.
+            None if self.handle.dma_logging_page_size().is_some() => {
+                container.unmap(iova, size)?;
+                self.handle.dma_logging_report(iova, size, pgsize)?
+            }
+            None => return Err(vdma::Error::NotTracking.into()),
+        };
         let mut bytes = dirty.to_le_bytes();
         // The client's size (at least what is needed) is what the reply carries.
         let want = usize::try_from(bitmap.size.get())
