@@ -73,7 +73,7 @@ pub use device::{
 pub use dma_memory::DmaMemory;
 pub use error::{CommandError, ServerError};
 
-use crate::transport::TransportError;
+use crate::transport::{PeerCredentials, TransportError};
 
 /// How often an idle accept loop looks at the stop flag.
 const ACCEPT_POLL: Duration = Duration::from_millis(50);
@@ -91,6 +91,12 @@ pub enum SessionEnd {
     Stopped,
     /// The connection failed: framing lost, a socket error, or a reply that could not be sent.
     Failed(TransportError),
+    /// The peer's user id is not in [`ServerConfig::allowed_uids`]: closed before any message
+    /// was read.
+    Refused {
+        /// The peer's user id.
+        uid: u32,
+    },
 }
 
 /// What the server and its sessions share.
@@ -232,7 +238,21 @@ impl Server {
 
     /// Serves one connected client until it leaves. At the end nothing is mapped, the device
     /// has given back its DMA handle, and the server can serve the next client.
+    /// A peer whose user id is not in [`ServerConfig::allowed_uids`] is closed at once
+    /// ([`SessionEnd::Refused`]).
     pub fn serve_connection(&self, socket: UnixStream) -> Result<SessionEnd, ServerError> {
+        if let Some(allowed) = &self.shared.config.allowed_uids {
+            let peer = match PeerCredentials::of(&socket) {
+                Ok(peer) => peer,
+                Err(source) => {
+                    let op = "getsockopt(SO_PEERCRED)";
+                    return Ok(SessionEnd::Failed(TransportError::Io { op, source }));
+                }
+            };
+            if !allowed.contains(&peer.uid) {
+                return Ok(SessionEnd::Refused { uid: peer.uid });
+            }
+        }
         session::run(&self.shared, socket)
     }
 }

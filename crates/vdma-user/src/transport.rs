@@ -31,6 +31,26 @@ use std::sync::{Arc, Mutex};
 
 use crate::protocol::{DecodeConfig, Header, ProtocolError, Request};
 
+/// Who is at the other end of a Unix socket, as the kernel recorded it when the peer
+/// connected (SO_PEERCRED).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// The peer's process id.
+    pub pid: i32,
+    /// The peer's user id.
+    pub uid: u32,
+    /// The peer's group id.
+    pub gid: u32,
+}
+
+impl PeerCredentials {
+    /// The credentials of `socket`'s peer.
+    pub fn of(socket: &UnixStream) -> io::Result<PeerCredentials> {
+        let (pid, uid, gid) = scm::peer_credentials(socket.as_fd())?;
+        Ok(PeerCredentials { pid, uid, gid })
+    }
+}
+
 /// What one side accepts in one message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {

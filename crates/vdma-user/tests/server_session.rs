@@ -1146,3 +1146,33 @@ fn disconnect_during_a_round_trip() {
     });
     assert!(matches!(end, SessionEnd::Closed));
 }
+
+#[test]
+fn allowed_uids_refuse_other_users() {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let me = unsafe { libc::getuid() };
+    let refusing = ServerConfig {
+        allowed_uids: Some(vec![me.wrapping_add(1)]),
+        ..ServerConfig::default()
+    };
+    let server = Server::new(TestDevice::new(), refusing).unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    let end = server.serve_connection(a).unwrap();
+    assert!(matches!(end, SessionEnd::Refused { uid } if uid == me));
+    // Closed before anything was read: the client sees end of file.
+    let mut client = Client::new(b, DmaLayout::Spec);
+    assert!(matches!(
+        client.conn.receive(),
+        Ok(Received::Closed) | Err(_)
+    ));
+    // A listed uid is served as usual.
+    let allowing = ServerConfig {
+        allowed_uids: Some(vec![me]),
+        ..ServerConfig::default()
+    };
+    with_session_config(TestDevice::new(), DmaLayout::Spec, allowing, |client, _| {
+        client.version(spec_caps());
+        let a = client.call(Command::DeviceGetInfo, DeviceInfo::request().as_bytes());
+        assert_eq!(a.errno(), None);
+    });
+}

@@ -30,6 +30,10 @@ pub struct ServerConfig {
     pub send_timeout: Duration,
     /// Bytes of commands the reader queues ahead of the handler (default 64 MiB).
     pub queue_bytes: usize,
+    /// Only peers running as one of these user ids are served (checked with SO_PEERCRED when
+    /// a client connects; others are closed at once). `None` (default): anyone who can open
+    /// the socket, which the server creates 0600, so its own user and root.
+    pub allowed_uids: Option<Vec<u32>>,
 }
 
 impl Default for ServerConfig {
@@ -43,6 +47,7 @@ impl Default for ServerConfig {
             reply_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(10),
             queue_bytes: 64 << 20,
+            allowed_uids: None,
         }
     }
 }

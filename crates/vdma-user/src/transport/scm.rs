@@ -148,3 +148,29 @@ pub(crate) fn receive(
         });
     }
 }
+
+/// The credentials (pid, uid, gid) of the process at the other end of a connected Unix
+/// socket, as the kernel recorded them at `connect` (SO_PEERCRED).
+pub(crate) fn peer_credentials(socket: BorrowedFd<'_>) -> io::Result<(i32, u32, u32)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a live, writable `ucred` and `len` its exact size; the kernel writes at
+    // most `len` bytes into it and the new length into `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((cred.pid, cred.uid, cred.gid))
+}
