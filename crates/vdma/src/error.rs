@@ -213,6 +213,16 @@ pub enum Error {
     /// itself (EDEADLK).
     #[error("address space changed from inside a DMA access on the same thread")]
     Reentrant,
+    /// An access to memory that another party owns and answers messages for (a vfio-user
+    /// client's DMA_READ/DMA_WRITE) failed: the owner's error reply (its errno, EIO if it gave
+    /// none), no reply in time (ETIMEDOUT), or the owner gone (ENODEV).
+    #[error("{op} failed (errno {errno})")]
+    Remote {
+        /// The request.
+        op: &'static str,
+        /// The errno (positive).
+        errno: i32,
+    },
     /// A system call failed.
     #[error("{op} failed: {source}")]
     Os {
@@ -258,6 +268,7 @@ impl Error {
             Error::Unmapping { .. } => libc::EAGAIN,
             Error::NoDevice { .. } => libc::ENODEV,
             Error::Reentrant => libc::EDEADLK,
+            Error::Remote { errno, .. } => *errno,
             Error::Os { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
         }
     }

@@ -16,7 +16,6 @@
 //! There is no host address ([`Memory::host_region`] is `None`), so `translate` and `pin` of
 //! such memory fail with EINVAL.
 
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,12 +38,12 @@ pub(crate) struct DmaChannel {
 
 /// The core error for a failed DMA request: `errno`, named by the command.
 fn dma_error(command: Command, errno: i32) -> vdma::Error {
-    vdma::Error::Os {
+    vdma::Error::Remote {
         op: match command {
             Command::DmaRead => "vfio-user DMA_READ",
             _ => "vfio-user DMA_WRITE",
         },
-        source: io::Error::from_raw_os_error(errno),
+        errno: if errno > 0 { errno } else { libc::EIO },
     }
 }
 
