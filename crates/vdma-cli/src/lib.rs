@@ -3,3 +3,4 @@
 #![warn(missing_docs)]
 
 pub mod dma_engine;
+pub mod probe;
