@@ -656,6 +656,22 @@ fn dma_unmap_dirty_bitmap_with_tracking() {
     });
 }
 
+/// DMA_LOGGING_START over one range at 4 KiB pages; the reply's errno.
+fn start_logging(client: &mut Client, iova: u64, length: u64) -> Option<u32> {
+    let mut start = DmaLoggingControl {
+        page_size: 4096.into(),
+        num_ranges: 1.into(),
+        reserved: 0.into(),
+    }
+    .as_bytes()
+    .to_vec();
+    start.extend_from_slice(DmaLoggingRange::new(iova, length).as_bytes());
+    let flags = FEATURE_SET | u32::from(FEATURE_DMA_LOGGING_START);
+    client
+        .call(Command::DeviceFeature, &encode_feature(flags, &start))
+        .errno()
+}
+
 #[test]
 fn dma_unmap_dirty_bitmap_from_the_device_log() {
     with_session(TestDevice::new(), DmaLayout::Spec, |client, server| {
@@ -678,17 +694,7 @@ fn dma_unmap_dirty_bitmap_from_the_device_log() {
                 size: size.into(),
             }),
         };
-        let mut start = DmaLoggingControl {
-            page_size: 4096.into(),
-            num_ranges: 1.into(),
-            reserved: 0.into(),
-        }
-        .as_bytes()
-        .to_vec();
-        start.extend_from_slice(DmaLoggingRange::new(0x10_0000, 0x10000).as_bytes());
-        let flags = FEATURE_SET | u32::from(FEATURE_DMA_LOGGING_START);
-        let a = client.call(Command::DeviceFeature, &encode_feature(flags, &start));
-        assert_eq!(a.errno(), None);
+        assert_eq!(start_logging(client, 0x10_0000, 0x10000), None);
         // Pages 5 and 6 written (a copy that crosses a page boundary).
         assert_eq!(client.device_copy(0x10_0000, 0x10_5ff8, 16), 0);
         // A bitmap larger than max_bitmap_size: E2BIG, a page size that is no power of two:
@@ -719,17 +725,7 @@ fn dma_logging_start_report_stop() {
             client.dma_map_fd(0x10_0000, 0x10000, 0, &file).errno(),
             None
         );
-        let mut start = DmaLoggingControl {
-            page_size: 4096.into(),
-            num_ranges: 1.into(),
-            reserved: 0.into(),
-        }
-        .as_bytes()
-        .to_vec();
-        start.extend_from_slice(DmaLoggingRange::new(0x10_0000, 0x10000).as_bytes());
-        let flags = FEATURE_SET | u32::from(FEATURE_DMA_LOGGING_START);
-        let a = client.call(Command::DeviceFeature, &encode_feature(flags, &start));
-        assert_eq!(a.errno(), None);
+        assert_eq!(start_logging(client, 0x10_0000, 0x10000), None);
         assert_eq!(client.device_copy(0x10_0000, 0x10_2000, 16), 0);
         let report = DmaLoggingReport {
             iova: 0x10_0000.into(),
