@@ -46,6 +46,9 @@ enum Slot {
     Done(Message),
     /// The reply came but was refused (errno).
     Refused(i32),
+    /// The waiter gave up (timeout); the id stays taken until the late reply comes, so it is
+    /// never matched to a newer request.
+    Abandoned,
 }
 
 struct State {
@@ -125,6 +128,11 @@ impl Pending {
                 self.cond.notify_all();
                 true
             }
+            // The late reply of a request given up on: drop it, free the id.
+            Some(Slot::Abandoned) => {
+                state.slots.remove(&id);
+                false
+            }
             _ => false,
         }
     }
@@ -147,7 +155,7 @@ impl Pending {
                 Some(Slot::Waiting) => {
                     state.slots.insert(id, Slot::Waiting);
                 }
-                None => return Err(WaitError::Closed),
+                Some(Slot::Abandoned) | None => return Err(WaitError::Closed),
             }
             if state.closed {
                 state.slots.remove(&id);
@@ -155,7 +163,7 @@ impl Pending {
             }
             let now = Instant::now();
             if now >= deadline {
-                state.slots.remove(&id);
+                state.slots.insert(id, Slot::Abandoned);
                 return Err(WaitError::Timeout);
             }
             state = self
@@ -164,5 +172,28 @@ impl Pending {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timed_out_id_is_not_reused_until_its_late_reply() {
+        let pending = Pending::new();
+        let a = pending.register().unwrap();
+        assert_eq!(
+            pending.wait(a, Duration::ZERO).err(),
+            Some(WaitError::Timeout)
+        );
+        // Every other id can be handed out; `a` is not among them.
+        for _ in 0..u16::MAX {
+            assert_ne!(pending.register().unwrap(), a);
+        }
+        assert_eq!(pending.register(), Err(WaitError::Exhausted));
+        // The late reply is dropped and frees the id.
+        assert!(!pending.refuse(a, libc::EIO));
+        assert_eq!(pending.register(), Ok(a));
     }
 }
