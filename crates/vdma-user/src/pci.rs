@@ -8,14 +8,63 @@
 //! REQ), config space with BAR sizing and the capability list, the MSI-X table and PBA, and
 //! [`Interrupts`], the handle the function raises its interrupts with (MSI-X, MSI or INTx,
 //! whichever the VMM set up with SET_IRQS).
+//!
+//! # What the client sees
+//!
+//! - Regions, numbered as vfio numbers them: 0 to 5 the BARs (size from the layout, read and
+//!   write; mmap if [`PciFunction::bar_mmap`] gives a file, without the pages of the MSI-X
+//!   table and PBA), 6 the expansion ROM (size 0), 7 config space (256 bytes, conventional
+//!   PCI), 8 VGA (size 0). DEVICE_GET_INFO: PCI, RESET, 9 regions, 5 interrupt types.
+//! - Config space: type 0 header with the identity of [`PciIdentity`], interrupt pin INTA
+//!   when [`PciLayout::intx`], BARs that size (write all ones, read back the size mask and
+//!   the type bits; 64-bit BARs as register pairs), expansion ROM reading 0. Writable:
+//!   command (I/O, memory, bus master, parity, SERR, INTx disable), cache line size, latency
+//!   timer, interrupt line, BAR address bits; status error bits are write-1-to-clear; the
+//!   status interrupt bit shows the INTx level; everything else is read-only. Any length at
+//!   any offset inside the 256 bytes works, byte by byte.
+//! - Capabilities from 0x40: MSI (64-bit address, per-vector mask and pending bits; enable
+//!   and multiple-message-enable writable), then MSI-X (table and PBA offset and BIR; enable
+//!   and function mask writable).
+//! - The MSI-X table and PBA are emulated in their BAR. An access lies wholly in the table,
+//!   wholly in the PBA or wholly in the function's part: one that straddles a boundary is
+//!   EINVAL (never split, so a function never sees part of an access). PBA writes are
+//!   dropped. Entries start masked.
+//!
+//! # Interrupts
+//!
+//! DEVICE_GET_IRQ_INFO: INTx (1 vector with [`PciLayout::intx`], EVENTFD | MASKABLE |
+//! AUTOMASKED), MSI (the layout's vectors, EVENTFD | NORESIZE), MSI-X (the layout's vectors,
+//! EVENTFD: vectors get eventfds one at a time while enabled), ERR (0 vectors: conventional
+//! PCI has no AER), REQ (1 vector; [`PciDevice::request_release`] signals it). SET_IRQS
+//! follows vfio-pci (only one of INTx, MSI, MSI-X enabled at a time; see `set_irqs.rs` for
+//! each case). [`Interrupts::raise`] delivers through the enabled type, honouring masks.
+//!
+//! QEMU keeps the guest's MSI-X table to itself and never writes the device's, as with the
+//! kernel's vfio-pci, where the host kernel owns the physical table. So giving an MSI-X
+//! vector an eventfd unmasks its entry here and taking the eventfd away masks it, as the host
+//! kernel's request_irq and free_irq would; a client that does write the table masks and
+//! unmasks entries as well. A vector without an eventfd stays pending.
+//!
+//! DEVICE_RESET: config space and the MSI-X table go back to their power-on values (MSI and
+//! MSI-X disabled in config space, nothing pending), INTx is deasserted and unmasked, then
+//! [`PciFunction::reset`] runs. The SET_IRQS setup (enabled type and eventfds) stays, as it
+//! does across VFIO_DEVICE_RESET (QEMU disables interrupts itself before resetting).
+//! On disconnect every eventfd is dropped, the same reset is done (without the function's
+//! reset: [`PciFunction::disconnect`] is called instead), so the next client finds a
+//! powered-on device.
 
+mod bar_mmap;
 mod config_space;
 mod device;
+mod eventfd;
 mod function;
 mod interrupts;
 mod layout;
+mod msix;
+mod set_irqs;
+mod state;
 
-pub use device::PciDevice;
+pub use device::{PciDevice, CONFIG_REGION, NUM_IRQS, NUM_REGIONS, ROM_REGION, VGA_REGION};
 pub use function::PciFunction;
 pub use interrupts::{InterruptMode, Interrupts};
 pub use layout::{BarKind, MsixLayout, PciBar, PciIdentity, PciLayout};
