@@ -4,3 +4,4 @@
 
 pub mod dma_engine;
 pub mod probe;
+pub mod serve;
