@@ -60,6 +60,11 @@ struct Served {
 impl Served {
     /// Starts `vdma serve --socket <tmp> <extra...>` and waits for the socket to appear.
     fn start(extra: &[&str]) -> Served {
+        Served::start_with_log_level(extra, "info")
+    }
+
+    /// [`Served::start`] with `RUST_LOG` set to `level`.
+    fn start_with_log_level(extra: &[&str], level: &str) -> Served {
         let dir = TempDir::new();
         let socket = dir.path("s.sock");
         let log = dir.path("serve.log");
@@ -68,7 +73,7 @@ impl Served {
             .arg("--socket")
             .arg(&socket)
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("log file"))
@@ -398,6 +403,8 @@ fn probe_prints_the_served_device() {
 struct FakePci {
     config: Mutex<Vec<u8>>,
     bar_masks: [u32; 6],
+    /// A region whose DEVICE_GET_REGION_INFO fails.
+    broken_region: Option<u32>,
 }
 
 impl FakePci {
@@ -416,6 +423,9 @@ impl Device for FakePci {
     }
 
     fn region(&self, index: u32) -> Result<RegionDescription, DeviceError> {
+        if self.broken_region == Some(index) {
+            return Err(DeviceError::Invalid("broken on purpose"));
+        }
         let size = match index {
             0 => 0x1000,
             7 => self.config.lock().expect("lock").len() as u64,
@@ -549,6 +559,7 @@ fn probe_sizes_bars_and_restores_them() {
     let device = Arc::new(FakePci {
         config: Mutex::new(original.clone()),
         bar_masks: [0xffff_f000, 0xfff0_0000, 0xffff_ffff, 0x0000_ffe0, 0, 0],
+        broken_region: None,
     });
     let served = InProcess::start(device.clone());
     let (out, stdout) = probe(&served.socket);
@@ -581,6 +592,7 @@ fn probe_survives_a_hostile_capability_list() {
     let device = Arc::new(FakePci {
         config: Mutex::new(config.clone()),
         bar_masks: [0; 6],
+        broken_region: None,
     });
     let served = InProcess::start(device.clone());
     let (out, stdout) = probe(&served.socket);
@@ -598,6 +610,7 @@ fn probe_survives_a_hostile_capability_list() {
     let device = Arc::new(FakePci {
         config: Mutex::new(short),
         bar_masks: [0; 6],
+        broken_region: None,
     });
     let served2 = InProcess::start(device);
     let (out, stdout) = probe(&served2.socket);
@@ -610,4 +623,34 @@ fn probe_survives_a_hostile_capability_list() {
         "{stdout}"
     );
     drop(served);
+}
+
+#[test]
+fn probe_reports_a_failed_step_and_exits_non_zero() {
+    let device = Arc::new(FakePci {
+        config: Mutex::new(base_config()),
+        bar_masks: [0xffff_f000, 0, 0, 0, 0, 0],
+        broken_region: Some(3),
+    });
+    let served = InProcess::start(device);
+    let (out, stdout) = probe(&served.socket);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("  3 BAR3: error: "), "{stdout}");
+    assert!(stdout.contains("errno 22"), "{stdout}");
+    // The rest is there.
+    assert!(stdout.contains("  4 BAR4: absent"), "{stdout}");
+    assert!(stdout.contains("Device [8086:10d3]"), "{stdout}");
+    assert!(stderr.contains("1 step(s) failed"), "{stderr}");
+}
+
+#[test]
+fn rust_log_sets_the_level() {
+    let mut served = Served::start_with_log_level(&[], "warn");
+    let client = Client::connect(&served.socket).expect("connect");
+    client.close();
+    served.interrupt_cleanly();
+    let log = served.log();
+    assert!(!log.contains("client connected"), "{log}");
+    assert!(!log.contains("serving"), "{log}");
 }
