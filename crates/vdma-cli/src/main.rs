@@ -12,7 +12,7 @@ use vdma_user::client::Client;
 
 /// User-space VFIO DMA: serve a device over vfio-user, or probe one.
 #[derive(Debug, Parser)]
-#[command(name = "vdma", version, about)]
+#[command(name = "vdma", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,11 +20,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve a device over vfio-user on a Unix socket (mode 0600), one client after another,
-    /// until SIGINT or SIGTERM. Logs go to stderr; RUST_LOG sets the level (default info).
+    /// Serve a device over vfio-user on a Unix socket.
+    ///
+    /// The socket is created with mode 0600; clients are served one after another until
+    /// SIGINT or SIGTERM, which disconnects the client, removes the socket and exits 0. Logs
+    /// go to stderr; RUST_LOG sets the level (default info).
     Serve(ServeArgs),
-    /// Connect to a vfio-user server and describe its device: the negotiation, regions,
-    /// interrupts, and PCI config space as `lspci -vv` prints it.
+    /// Describe the device behind a vfio-user socket.
+    ///
+    /// Prints the negotiated version and capabilities, the device's regions and interrupt
+    /// types, and its PCI config space as `lspci -vv` prints it (BARs are sized by writing
+    /// all ones and restored). Exits non-zero if any step failed.
     Probe(ProbeArgs),
 }
 
