@@ -231,6 +231,12 @@ impl ConfigSpace {
         self.bytes = self.initial;
     }
 
+    /// Sets the status register's error bits among `bits` (the write-1-to-clear ones).
+    pub(crate) fn report_status(&mut self, bits: u16) {
+        let status = self.get16(reg::STATUS) | (bits & STATUS_RW1C);
+        self.set16(reg::STATUS, status);
+    }
+
     /// Whether the command register's INTx disable bit is set.
     pub(crate) fn intx_disabled(&self) -> bool {
         self.get16(reg::COMMAND) & COMMAND_INTX_DISABLE != 0

@@ -107,6 +107,15 @@ impl<F: PciFunction> PciDevice<F> {
         Ok(())
     }
 
+    /// Sets error bits of the status register (master data parity error 0x0100, signaled
+    /// target abort 0x0800, received target abort 0x1000, received master abort 0x2000,
+    /// signaled system error 0x4000, detected parity error 0x8000; other bits are ignored),
+    /// e.g. received master abort when the function's DMA failed. The client clears them by
+    /// writing 1.
+    pub fn report_status(&self, bits: u16) {
+        self.shared.lock().config.report_status(bits);
+    }
+
     /// Asks the VMM to release the device: signals the device-request (REQ) eventfd, if the
     /// client gave one (QEMU then unplugs the device). Returns whether one was signalled.
     pub fn request_release(&self) -> bool {
