@@ -34,10 +34,23 @@
 //!
 //! DEVICE_GET_IRQ_INFO: INTx (1 vector with [`PciLayout::intx`], EVENTFD | MASKABLE |
 //! AUTOMASKED), MSI (the layout's vectors, EVENTFD | NORESIZE), MSI-X (the layout's vectors,
-//! EVENTFD: vectors get eventfds one at a time while enabled), ERR (0 vectors: conventional
-//! PCI has no AER), REQ (1 vector; [`PciDevice::request_release`] signals it). SET_IRQS
-//! follows vfio-pci (only one of INTx, MSI, MSI-X enabled at a time; see `set_irqs.rs` for
-//! each case). [`Interrupts::raise`] delivers through the enabled type, honouring masks.
+//! EVENTFD: vectors get eventfds one at a time while enabled), ERR (1 vector, signalled by
+//! [`PciDevice::report_fatal_error`]; vfio-pci offers it on PCIe devices only, but QEMU warns
+//! at every start without it), REQ (1 vector, signalled by [`PciDevice::request_release`]).
+//! [`Interrupts::raise`] delivers through the enabled type, honouring masks. SET_IRQS follows
+//! vfio-pci:
+//!
+//! - TRIGGER with eventfds, or without descriptors (QEMU's fd -1), enables the type if none
+//!   is enabled and sets the vectors' eventfds; EINVAL while another of INTx, MSI, MSI-X is
+//!   enabled. Descriptors that are not eventfds: EINVAL.
+//! - TRIGGER, count 0, DATA_NONE disables the type if it is the enabled one; for a type that
+//!   is not enabled it is a no-op (vfio-pci says EINVAL; tearing down what is down is not an
+//!   error here).
+//! - TRIGGER with NONE or BOOL signals the vectors' eventfds (loopback); EINVAL if the type is
+//!   not enabled.
+//! - MASK, UNMASK: INTx only, EINVAL unless INTx is enabled. UNMASK of a line still asserted
+//!   signals it again and leaves it masked. Through an eventfd (KVM's resample fd): ENOTSUP,
+//!   QEMU then unmasks with SET_IRQS at EOI. MSI, MSI-X, ERR, REQ: ENOTTY, as vfio-pci.
 //!
 //! QEMU keeps the guest's MSI-X table to itself and never writes the device's, as with the
 //! kernel's vfio-pci, where the host kernel owns the physical table. So giving an MSI-X

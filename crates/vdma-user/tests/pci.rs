@@ -368,7 +368,7 @@ fn regions_and_irq_info_as_vfio_numbers_them() {
         info(PCI_MSIX_IRQ_INDEX).flags & IRQ_INFO_EVENTFD,
         IRQ_INFO_EVENTFD
     );
-    assert_eq!(info(PCI_ERR_IRQ_INDEX).count, 0);
+    assert_eq!(info(PCI_ERR_IRQ_INDEX).count, 1);
     assert_eq!(info(PCI_REQ_IRQ_INDEX).count, 1);
     assert!(dev.irq_info(5).is_err());
     assert_eq!(
@@ -951,8 +951,27 @@ fn loopback_trigger_signals_the_eventfds() {
     assert_eq!(count(&req), 1);
     assert!(dev.request_release());
     assert_eq!(count(&req), 1);
-    // ERR has no vectors.
+    // ERR: likewise, report_fatal_error; taken away, nothing is signalled.
+    let err = eventfd();
+    assert!(!dev.report_fatal_error());
+    assign(&dev, PCI_ERR_IRQ_INDEX, 0, std::slice::from_ref(&err));
+    assert!(dev.report_fatal_error());
+    assert_eq!(count(&err), 1);
+    assert_eq!(
+        errno(set(
+            &dev,
+            PCI_ERR_IRQ_INDEX,
+            0,
+            1,
+            IrqAction::Mask,
+            IrqSetData::None
+        )),
+        libc::ENOTTY
+    );
     disable(&dev, PCI_ERR_IRQ_INDEX);
+    assert!(!dev.report_fatal_error());
+    assert_eq!(count(&err), 0);
+    assert_eq!(count(&req), 0, "REQ untouched");
 }
 
 #[test]

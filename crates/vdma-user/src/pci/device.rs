@@ -116,6 +116,15 @@ impl<F: PciFunction> PciDevice<F> {
         self.shared.lock().config.report_status(bits);
     }
 
+    /// Reports an unrecoverable device error: signals the error (ERR) eventfd, if the client
+    /// gave one (QEMU then stops the VM). Returns whether one was signalled.
+    pub fn report_fatal_error(&self) -> bool {
+        self.shared.with(|state, out| {
+            out.extend(state.err.clone());
+            !out.is_empty()
+        })
+    }
+
     /// Asks the VMM to release the device: signals the device-request (REQ) eventfd, if the
     /// client gave one (QEMU then unplugs the device). Returns whether one was signalled.
     pub fn request_release(&self) -> bool {
@@ -267,7 +276,8 @@ impl<F: PciFunction> Device for PciDevice<F> {
                 self.layout.msix.map_or(0, |m| u32::from(m.vectors)),
                 IRQ_INFO_EVENTFD,
             ),
-            PCI_ERR_IRQ_INDEX => (0, IRQ_INFO_EVENTFD | IRQ_INFO_NORESIZE),
+            // One vector (QEMU warns without it), signalled by report_fatal_error.
+            PCI_ERR_IRQ_INDEX => (1, IRQ_INFO_EVENTFD | IRQ_INFO_NORESIZE),
             PCI_REQ_IRQ_INDEX => (1, IRQ_INFO_EVENTFD | IRQ_INFO_NORESIZE),
             _ => return Err(DeviceError::Invalid("no such interrupt type")),
         };
@@ -292,6 +302,7 @@ impl<F: PciFunction> Device for PciDevice<F> {
             let mut state = self.shared.lock();
             state.disable();
             state.req = None;
+            state.err = None;
             state.reset();
         }
         self.function.disconnect();

@@ -10,10 +10,11 @@
 //!   the type is not enabled.
 //! - MASK and UNMASK: INTx only (EINVAL unless INTx is enabled); UNMASK re-signals when the
 //!   line is still asserted and leaves it masked. Masking and unmasking through an eventfd is
-//!   not supported (ENOTSUP; QEMU then unmasks with SET_IRQS on EOI). MSI, MSI-X and REQ:
-//!   ENOTTY, as vfio-pci.
-//! - ERR has no vectors (conventional PCI, no AER); REQ has one, whose eventfd
-//!   [`crate::pci::PciDevice::request_release`] signals.
+//!   not supported (ENOTSUP; QEMU then unmasks with SET_IRQS on EOI). MSI, MSI-X, ERR and
+//!   REQ: ENOTTY, as vfio-pci.
+//! - ERR and REQ have one vector each, TRIGGER only; their eventfds are signalled by
+//!   [`crate::pci::PciDevice::report_fatal_error`] and
+//!   [`crate::pci::PciDevice::request_release`].
 
 use std::sync::Arc;
 
@@ -51,15 +52,13 @@ impl State {
             PCI_MSI_IRQ_INDEX => Kind::Msi,
             PCI_MSIX_IRQ_INDEX => Kind::Msix,
             PCI_ERR_IRQ_INDEX => {
-                return match (action, count) {
-                    (IrqAction::Trigger, 0) => Ok(()),
-                    (IrqAction::Trigger, _) => {
-                        Err(DeviceError::Invalid("SET_IRQS: ERR has no vectors"))
-                    }
-                    _ => Err(no_such_action()),
-                };
+                let slot = &mut self.err;
+                return single(slot, start, count, action, data, out);
             }
-            PCI_REQ_IRQ_INDEX => return self.req(start, count, action, data, out),
+            PCI_REQ_IRQ_INDEX => {
+                let slot = &mut self.req;
+                return single(slot, start, count, action, data, out);
+            }
             _ => return Err(DeviceError::Invalid("SET_IRQS: no such interrupt type")),
         };
         let end = start
@@ -201,39 +200,41 @@ impl State {
         }
         Ok(())
     }
+}
 
-    /// SET_IRQS on the device-request type (one vector, TRIGGER only).
-    fn req(
-        &mut self,
-        start: u32,
-        count: u32,
-        action: IrqAction,
-        data: IrqSetData<'_>,
-        out: &mut Signals,
-    ) -> Result<(), DeviceError> {
-        if action != IrqAction::Trigger {
-            return Err(no_such_action());
-        }
-        if start != 0 || count > 1 {
-            return Err(DeviceError::Invalid("SET_IRQS: REQ has one vector"));
-        }
-        match data {
-            IrqSetData::None if count == 0 => self.req = None,
-            IrqSetData::None => out.extend(self.req.clone()),
-            IrqSetData::Bool(flags) => {
-                if flags.first().is_some_and(|&b| b != 0) {
-                    out.extend(self.req.clone());
-                }
-            }
-            IrqSetData::EventFds(mut fds) => {
-                let fd = fds
-                    .pop()
-                    .filter(|_| fds.is_empty())
-                    .ok_or(DeviceError::Invalid("SET_IRQS: not one eventfd per vector"))?;
-                self.req = Some(Arc::new(EventFd::new(fd)?));
-            }
-            IrqSetData::ClearEventFds => self.req = None,
-        }
-        Ok(())
+/// SET_IRQS on ERR or REQ (one vector, TRIGGER only), whose eventfd is `slot`.
+fn single(
+    slot: &mut Option<Arc<EventFd>>,
+    start: u32,
+    count: u32,
+    action: IrqAction,
+    data: IrqSetData<'_>,
+    out: &mut Signals,
+) -> Result<(), DeviceError> {
+    if action != IrqAction::Trigger {
+        return Err(no_such_action());
     }
+    if start != 0 || count > 1 {
+        return Err(DeviceError::Invalid(
+            "SET_IRQS: ERR and REQ have one vector",
+        ));
+    }
+    match data {
+        IrqSetData::None if count == 0 => *slot = None,
+        IrqSetData::None => out.extend(slot.clone()),
+        IrqSetData::Bool(flags) => {
+            if flags.first().is_some_and(|&b| b != 0) {
+                out.extend(slot.clone());
+            }
+        }
+        IrqSetData::EventFds(mut fds) => {
+            let fd = fds
+                .pop()
+                .filter(|_| fds.is_empty())
+                .ok_or(DeviceError::Invalid("SET_IRQS: not one eventfd per vector"))?;
+            *slot = Some(Arc::new(EventFd::new(fd)?));
+        }
+        IrqSetData::ClearEventFds => *slot = None,
+    }
+    Ok(())
 }

@@ -41,6 +41,8 @@ pub(crate) struct State {
     pub(crate) intx_masked: bool,
     /// The device-request eventfd.
     pub(crate) req: Option<Arc<EventFd>>,
+    /// The error eventfd.
+    pub(crate) err: Option<Arc<EventFd>>,
     pub(crate) has_intx: bool,
     pub(crate) msi_vectors: u32,
 }
@@ -56,6 +58,7 @@ impl State {
             intx_level: false,
             intx_masked: false,
             req: None,
+            err: None,
             has_intx: layout.intx,
             msi_vectors: layout.msi_vectors.map_or(0, u32::from),
         }
