@@ -14,19 +14,18 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use vdma::{DeviceHandle, Iova};
-use vdma_user::protocol::{
-    DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
-};
 use vdma_user::server::{
     Device, DeviceDescription, DeviceError, IrqDescription, IrqRequest, RegionDescription, Server,
     ServerConfig, ServerError, SessionEnd,
 };
+
+use crate::dma_engine::{dma_engine, DmaEngineConfig};
 
 /// The devices `vdma serve` can serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,10 +90,10 @@ impl ServeError {
 /// Builds the device to serve.
 pub fn build_device(options: &ServeOptions) -> Result<Arc<dyn Device>, DeviceError> {
     match options.device {
-        DeviceKind::DmaEngine => Ok(Arc::new(Placeholder::new(
-            options.vendor_id,
-            options.device_id,
-        ))),
+        DeviceKind::DmaEngine => Ok(Arc::new(dma_engine(DmaEngineConfig {
+            vendor_id: options.vendor_id,
+            device_id: options.device_id,
+        })?)),
     }
 }
 
@@ -218,77 +217,4 @@ impl Device for Logged {
     fn dma_unmapped(&self, iova: Iova, size: u64) {
         self.inner.dma_unmapped(iova, size);
     }
-}
-
-/// Stands in for the dma-engine until it exists: config space with the ids, nothing else.
-struct Placeholder {
-    config: Mutex<[u8; 256]>,
-}
-
-impl Placeholder {
-    fn new(vendor_id: u16, device_id: u16) -> Placeholder {
-        let mut config = [0u8; 256];
-        config[0..2].copy_from_slice(&vendor_id.to_le_bytes());
-        config[2..4].copy_from_slice(&device_id.to_le_bytes());
-        config[8] = 1;
-        config[9..12].copy_from_slice(&[0x00, 0x80, 0x08]);
-        config[0x2c..0x2e].copy_from_slice(&vendor_id.to_le_bytes());
-        config[0x2e..0x30].copy_from_slice(&device_id.to_le_bytes());
-        Placeholder {
-            config: Mutex::new(config),
-        }
-    }
-}
-
-impl Device for Placeholder {
-    fn description(&self) -> DeviceDescription {
-        DeviceDescription {
-            flags: DEVICE_FLAGS_PCI | DEVICE_FLAGS_RESET,
-            num_regions: 9,
-            num_irqs: 5,
-        }
-    }
-
-    fn region(&self, index: u32) -> Result<RegionDescription, DeviceError> {
-        Ok(if index == 7 {
-            RegionDescription {
-                size: 256,
-                flags: REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE,
-                ..RegionDescription::default()
-            }
-        } else {
-            RegionDescription::default()
-        })
-    }
-
-    fn region_read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        let config = self.config.lock().unwrap_or_else(|e| e.into_inner());
-        let src = usize::try_from(offset)
-            .ok()
-            .filter(|_| index == 7)
-            .and_then(|at| config.get(at..at.checked_add(buf.len())?))
-            .ok_or(DeviceError::Invalid("outside config space"))?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn region_write(&self, _index: u32, _offset: u64, _data: &[u8]) -> Result<(), DeviceError> {
-        Ok(())
-    }
-
-    fn irq_info(&self, _index: u32) -> Result<IrqDescription, DeviceError> {
-        Ok(IrqDescription::default())
-    }
-
-    fn set_irqs(&self, _request: IrqRequest<'_>) -> Result<(), DeviceError> {
-        Err(DeviceError::NotSupported("no interrupts"))
-    }
-
-    fn reset(&self) -> Result<(), DeviceError> {
-        Ok(())
-    }
-
-    fn connect(&self, _dma: DeviceHandle) {}
-
-    fn disconnect(&self) {}
 }
