@@ -1376,6 +1376,22 @@ System peripheral [0880]: Device [1234:d3a0] (rev 01)
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_config_space_decodes_in_bounded_output(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4200),
+            bars in proptest::array::uniform6(proptest::option::of(proptest::num::u32::ANY)),
+            rom in proptest::option::of(proptest::num::u32::ANY),
+        ) {
+            let text = decode_config(&bytes, &BarSizing { bars, rom });
+            // Header lines, at most 6 BARs and a ROM, one line per capability (with up to
+            // three detail lines) plus one for how the list ended, then one per extended
+            // capability dword plus one.
+            let bound = 8 + 6 + 1 + 4 * (CAP_TTL + 1) + bytes.len() / 4 + 2;
+            proptest::prop_assert!(text.lines().count() <= bound, "{}", text);
+        }
+    }
+
     #[test]
     fn extended_capabilities() {
         let mut c = engine_config();
