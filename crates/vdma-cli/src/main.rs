@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use vdma_cli::probe::{self, ProbeError};
 use vdma_cli::serve::{self, DeviceKind, ServeOptions};
-use vdma_user::client::Client;
+use vdma_user::client::{Client, ClientError};
 
 /// User-space VFIO DMA: serve a device over vfio-user, or probe one.
 #[derive(Debug, Parser)]
@@ -110,11 +110,18 @@ fn probe_command(args: ProbeArgs) -> ExitCode {
     let client = match Client::connect(&args.socket) {
         Ok(client) => client,
         Err(source) => {
+            let busy = matches!(source, ClientError::Timeout { .. });
             let e = ProbeError::Connect {
                 path: args.socket.display().to_string(),
                 source,
             };
-            eprintln!("vdma probe: {e}");
+            if busy {
+                eprintln!(
+                    "vdma probe: {e} (a server serves one client at a time: is another one connected?)"
+                );
+            } else {
+                eprintln!("vdma probe: {e}");
+            }
             return ExitCode::FAILURE;
         }
     };

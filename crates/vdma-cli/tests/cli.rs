@@ -370,6 +370,20 @@ fn serve_on_a_path_that_is_not_a_socket_or_cannot_be_made() {
 }
 
 #[test]
+fn probe_while_another_client_is_served_times_out_with_a_hint() {
+    let mut served = Served::start(&[]);
+    let client = Client::connect(&served.socket).expect("connect");
+    let (out, _) = probe(&served.socket);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no reply"), "{stderr}");
+    assert!(stderr.contains("one client at a time"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    drop(client);
+    served.interrupt_cleanly();
+}
+
+#[test]
 fn probe_without_a_server_fails_with_a_message() {
     let dir = TempDir::new();
     let (out, _) = probe(&dir.path("nobody.sock"));
