@@ -6,8 +6,11 @@ use std::thread;
 
 use vdma::{Backing, Config, Container, DeviceId, GroupId, Iova, Memory, OwnedMemory, Prot};
 
+use vdma_user::server::Device;
+
 use super::registers::*;
 use super::worker::Engine;
+use super::{dma_engine, DmaEngineConfig};
 
 const RAM: u64 = 0x10_0000;
 const RAM_SIZE: u64 = 2 * (16 << 20);
@@ -310,12 +313,14 @@ fn unmap_of_the_destination_during_the_read_fails_the_command() {
     rig.w32(CMD, CMD_COPY);
     rig.gate.entered.wait();
     rig.gate.inner.write_at(0, &[0xee; 16]).unwrap();
+    // Taken now: getting a handle takes the container's lock, which the unmap holds while it
+    // waits for the read in flight.
+    let probe = rig.container.group_handle(GroupId(1)).unwrap();
     thread::scope(|s| {
         // The unmap waits for the read in flight, then removes the destination: the command's
         // write finds it unmapped.
         let unmapping = s.spawn(|| rig.container.unmap(Iova(0x3000_0000), 0x1000));
         // The new table is published before the unmap waits; poll until it is.
-        let probe = rig.container.group_handle(GroupId(1)).unwrap();
         let mut gone = false;
         for _ in 0..1_000_000 {
             if probe.read(Iova(0x3000_0000), &mut [0]).is_err() {
@@ -324,8 +329,8 @@ fn unmap_of_the_destination_during_the_read_fails_the_command() {
             }
             thread::yield_now();
         }
-        assert!(gone, "the unmap never published its table");
         rig.gate.release.wait();
+        assert!(gone, "the unmap never published its table");
         assert_eq!(unmapping.join().unwrap().unwrap(), 0x1000);
     });
     rig.engine.wait_idle();
@@ -336,4 +341,67 @@ fn unmap_of_the_destination_during_the_read_fails_the_command() {
     let mut after = [0u8; 16];
     dst.read_at(0, &mut after).unwrap();
     assert_eq!(after, [0; 16]);
+}
+
+/// Whether the PCI layer records INTx as asserted (status register bit 3): with no interrupt
+/// type enabled, a raise is recorded there.
+fn intx_level(device: &vdma_user::pci::PciDevice<super::DmaEngine>) -> bool {
+    let mut status = [0u8; 1];
+    device.config_read(0x06, &mut status).unwrap();
+    status[0] & 0x08 != 0
+}
+
+#[test]
+fn reset_discards_the_completion_of_a_running_command() {
+    let rig = Rig::new();
+    let device = dma_engine(DmaEngineConfig::default()).unwrap();
+    let w32 = |offset: u64, value: u32| {
+        device
+            .region_write(0, offset, &value.to_le_bytes())
+            .unwrap()
+    };
+    device.connect(rig.container.device_handle(&DeviceId::new("e")).unwrap());
+    // Without a reset, a completion with IRQ_ENABLE raises (recorded as the INTx level).
+    w32(IRQ_ENABLE, 1);
+    w32(SRC_LO, RAM as u32);
+    w32(DST_LO, (RAM + 64) as u32);
+    w32(LEN, 8);
+    w32(CMD, CMD_COPY);
+    device.function().wait_idle();
+    assert!(intx_level(&device));
+    w32(IRQ_STATUS, IRQ_DONE);
+    assert!(!intx_level(&device));
+
+    // Now a command stopped in its source read, and a reset that begins meanwhile.
+    rig.gate.inner.write_at(0, b"in flight").unwrap();
+    rig.gate.armed.store(true, Ordering::SeqCst);
+    w32(SRC_LO, GATED as u32);
+    w32(SRC_HI, (GATED >> 32) as u32);
+    w32(DST_LO, RAM as u32);
+    w32(LEN, 9);
+    w32(CMD, CMD_COPY);
+    rig.gate.entered.wait();
+    let engine = &device.function().engine;
+    let epoch = engine.epoch();
+    thread::scope(|s| {
+        let resetting = s.spawn(|| device.reset());
+        let mut began = false;
+        for _ in 0..1_000_000 {
+            if engine.epoch() != epoch {
+                began = true;
+                break;
+            }
+            thread::yield_now();
+        }
+        rig.gate.release.wait();
+        assert!(began, "the reset never began");
+        resetting.join().unwrap().unwrap();
+    });
+    // The bytes landed; the completion changed no register and raised nothing.
+    assert_eq!(rig.ram(RAM, 9), b"in flight");
+    assert!(!intx_level(&device));
+    let mut regs = [0u8; 0x40];
+    device.region_read(0, 0, &mut regs).unwrap();
+    assert!(regs[8..].iter().all(|&b| b == 0), "{regs:?}");
+    device.disconnect();
 }

@@ -149,6 +149,12 @@ impl Engine {
         drop(self.wait_idle_locked(state));
     }
 
+    /// How many resets began (for tests that need to know a reset is under way).
+    #[cfg(test)]
+    pub(crate) fn epoch(&self) -> u64 {
+        lock(&self.shared.state).epoch
+    }
+
     fn wait_idle_locked<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         while !state.idle() {
             state = self
