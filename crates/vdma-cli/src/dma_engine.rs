@@ -25,7 +25,12 @@
 //! - A command with no client connected fails with ENODEV.
 //! - IRQ_ENABLE holds bit 0 only; setting it does not raise for an earlier completion.
 //! - Reset drops a command not yet started, waits for a running one to end and discards its
-//!   completion, then clears every register ([`DmaEngine`] docs).
+//!   completion, then clears every register ([`DmaEngine`] docs). A client's disconnect does
+//!   the same after taking the DMA handle away.
+//! - A reset or disconnect waits for a running command, which may be waiting for DMA_READ or
+//!   DMA_WRITE replies: a client must keep answering those while it waits for the reset's
+//!   reply (the vdma client and QEMU do; otherwise the server's reply timeout fails the
+//!   command with ETIMEDOUT and the reset then completes).
 //! - DMA_UNMAP does not wait for a command: the core makes an unmap wait for any `dma_rw` in
 //!   flight, and a command writes its destination with one `dma_rw`, so a command racing an
 //!   unmap of its destination either wrote all of it before the unmap returned (STATUS 2) or
@@ -125,8 +130,9 @@ pub fn dma_engine(config: DmaEngineConfig) -> Result<PciDevice<DmaEngine>, Devic
 /// waits for a running command to end (its bytes land or not as if no reset came, since a
 /// `dma_rw` cannot stop halfway) and discards its completion (no register change, no
 /// interrupt), then sets every register to its initial value. [`PciFunction::disconnect`]
-/// takes the DMA handle away (a command not yet started fails with ENODEV) and waits for the
-/// running command before it returns.
+/// takes the DMA handle away, then does the same reset, so that when it returns no DMA is in
+/// flight, the handle is dropped, and the next client finds a device as after power-on (the PCI
+/// layer does the same to config space and interrupts).
 #[derive(Debug)]
 pub struct DmaEngine {
     engine: Engine,

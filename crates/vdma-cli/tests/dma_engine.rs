@@ -859,8 +859,8 @@ fn unmap_of_the_destination_during_the_source_read_fails_the_command() {
     assert_eq!(read_file(&file, 0, 64), [0; 64]);
 }
 
-/// A second client after the first one left gets a working device (the first client's DMA
-/// handle is gone; the second one's is used).
+/// A second client after the first one left gets a working device in its initial state (the
+/// first client's DMA handle is gone, its registers cleared; the second one's handle is used).
 #[test]
 fn next_client_after_disconnect() {
     let n = RIGS.fetch_add(1, Ordering::SeqCst);
@@ -890,7 +890,14 @@ fn next_client_after_disconnect() {
                 .region_write(0, offset, &value.to_le_bytes())
                 .unwrap()
         };
-        client.reset().unwrap();
+        // No reset: the first client's disconnect left the registers as after power-on.
+        let regs = client.region_read(0, 0, 0x40).unwrap();
+        assert!(regs[8..].iter().all(|&b| b == 0), "round {round}: {regs:?}");
+        for (offset, value) in [(PATTERN, 0x5555_5555u32), (IRQ_ENABLE, 1)] {
+            client
+                .region_write(0, offset, &value.to_le_bytes())
+                .unwrap();
+        }
         w(SRC_LO, RAM);
         w(DST_LO, RAM + PAGE);
         client.region_write(0, LEN, &8u32.to_le_bytes()).unwrap();

@@ -247,6 +247,39 @@ fn no_client_is_enodev() {
 }
 
 #[test]
+fn disconnect_waits_for_the_command_and_drops_the_handle() {
+    let rig = Rig::new();
+    rig.gate.inner.write_at(0, b"last copy").unwrap();
+    rig.gate.armed.store(true, Ordering::SeqCst);
+    rig.w32(PATTERN, 7);
+    rig.program(GATED, RAM, 9);
+    rig.w32(CMD, CMD_COPY);
+    rig.gate.entered.wait();
+    let epoch = rig.engine.epoch();
+    thread::scope(|s| {
+        let disconnecting = s.spawn(|| rig.engine.disconnect());
+        let mut began = false;
+        for _ in 0..1_000_000 {
+            if rig.engine.epoch() != epoch {
+                began = true;
+                break;
+            }
+            thread::yield_now();
+        }
+        rig.gate.release.wait();
+        assert!(began, "the disconnect never began");
+        disconnecting.join().unwrap();
+    });
+    // The running command kept its handle to the end; then every handle is gone (a group
+    // with live handles cannot be detached), and the registers are as after power-on.
+    assert_eq!(rig.ram(RAM, 9), b"last copy");
+    rig.container.detach_group(GroupId(1)).unwrap();
+    let mut regs = [0u8; 0x40];
+    rig.engine.read(0, &mut regs);
+    assert!(regs[8..].iter().all(|&b| b == 0), "{regs:?}");
+}
+
+#[test]
 fn busy_ignores_commands_and_latches_registers() {
     let rig = Rig::new();
     rig.gate.inner.write_at(0, b"gated bytes").unwrap();

@@ -15,9 +15,10 @@
 //! (no register change, no interrupt); then every register takes its initial value. When it
 //! returns, the device does no DMA and raises nothing until the next CMD.
 //!
-//! Disconnect: [`Engine::disconnect`] takes the DMA handle away (a command that has not started
-//! yet fails with ENODEV), waits for the running command to end, and only then returns, so the
-//! handle is dropped and no DMA of the engine is in flight.
+//! Disconnect: [`Engine::disconnect`] takes the DMA handle away, then resets as above (the
+//! running command ends, its completion is discarded), and drops the handle once the worker
+//! has let go of it: when it returns, no DMA of the engine is in flight and the next client
+//! finds the registers at their initial values, as the PCI layer leaves config space.
 
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -122,11 +123,16 @@ impl Engine {
 
     /// Reset: see the module documentation.
     pub(crate) fn reset(&self) {
-        let mut state = lock(&self.shared.state);
+        let state = lock(&self.shared.state);
+        drop(self.reset_locked(state));
+    }
+
+    fn reset_locked<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         state.epoch = state.epoch.wrapping_add(1);
         state.queued = None;
         state = self.wait_idle_locked(state);
         state.regs = Registers::default();
+        state
     }
 
     /// A client connected: its DMA handle.
@@ -138,8 +144,9 @@ impl Engine {
     pub(crate) fn disconnect(&self) {
         let mut state = lock(&self.shared.state);
         let dma = state.dma.take();
-        let state = self.wait_idle_locked(state);
+        let state = self.reset_locked(state);
         drop(state);
+        // The worker dropped its clone before it went idle: this is the last one.
         drop(dma);
     }
 
