@@ -1,0 +1,4 @@
+//! Shared code of the fuzz targets: the operations and reference model of `core_ops`, which the
+//! seed generator (`examples/seeds.rs`) uses too.
+
+pub mod core_ops;
