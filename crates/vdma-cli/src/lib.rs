@@ -2,6 +2,7 @@
 //! line tool (serve, probe).
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod dma_engine;
 pub mod probe;
 pub mod serve;
