@@ -147,16 +147,22 @@ pub enum BenchError {
     },
 }
 
-/// How long a run is: rounds and batch length.
+/// How long a case is measured: rounds and batch length.
 fn plan(quick: bool, group: Group) -> Plan {
-    let (rounds, batch) = if quick {
-        (9, Duration::from_millis(5))
+    let (rounds, batch, thread_reads) = if quick {
+        (9, Duration::from_millis(5), 100_000)
     } else {
-        (25, Duration::from_millis(20))
+        (41, Duration::from_millis(10), 400_000)
     };
     Plan {
         rounds,
         batch,
+        // Reader threads start a little apart: enough reads that this does not count.
+        min_iters: if group == Group::Threads {
+            thread_reads
+        } else {
+            1
+        },
         // A report is timed after dirtying 64 GiB, untimed: one per batch.
         max_iters: if group == Group::DirtyReport {
             1
@@ -217,7 +223,7 @@ pub fn run_with(args: &BenchArgs, peer: &PeerCommand) -> Result<(), BenchError> 
         .iter()
         .map(|s| 1 + plan(args.quick, s.group).rounds as u64)
         .sum();
-    let progress = progress_bar(total);
+    let progress = progress_bar(total, specs.len());
     progress.set_message("setting up");
     let mut skipped = Vec::new();
     let fixtures = Fixtures::prepare(&specs, peer, &mut skipped, &progress)?;
@@ -281,14 +287,14 @@ pub fn run_with(args: &BenchArgs, peer: &PeerCommand) -> Result<(), BenchError> 
     Ok(())
 }
 
-/// A progress bar on standard error, drawn only on a terminal.
-fn progress_bar(total: u64) -> ProgressBar {
-    let target = if std::io::stderr().is_terminal() {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
-    let bar = ProgressBar::with_draw_target(Some(total), target);
+/// A progress bar on standard error, drawn only on a terminal (elsewhere one line says what is
+/// running).
+fn progress_bar(total: u64, cases: usize) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        eprintln!("vdma bench: running {cases} cases; the table follows when they are done");
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template("{elapsed:>4} [{bar:40}] {pos}/{len} {msg}") {
         bar.set_style(style.progress_chars("=> "));
     }

@@ -56,8 +56,8 @@ impl Pins {
         Ok(Pins { spaces })
     }
 
-    /// The contenders for `pages` pages: pin (read-write) then unpin; the host addresses are
-    /// checked to be consecutive.
+    /// The contenders for `pages` pages: pin (read-write) then unpin; every pin is checked to
+    /// give one host address per page.
     pub(crate) fn contenders(&self, pages: usize) -> Vec<Contender<'_>> {
         self.spaces
             .iter()

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::cases::{size_label, Group, Unit};
 use super::targets::{Status, TargetResult};
-use super::timing::{Measured, Plan};
+use super::timing::{paired_ratio, Measured, Plan};
 use super::BenchError;
 
 /// What was measured of one case.
@@ -40,6 +40,15 @@ impl CaseResult {
     /// Median nanoseconds per operation of contender `name`.
     pub(crate) fn median(&self, name: &str) -> Option<f64> {
         self.get(name).map(|c| c.stats.median)
+    }
+
+    /// Time of `name` over time of `reference`, compared round by round (the median of the
+    /// per-round ratios; see [`paired_ratio`]).
+    pub(crate) fn time_ratio(&self, name: &str, reference: &str) -> Option<f64> {
+        paired_ratio(
+            &self.get(name)?.samples_ns,
+            &self.get(reference)?.samples_ns,
+        )
     }
 }
 
@@ -128,22 +137,17 @@ pub(crate) fn ratio_specs(group: Group) -> Vec<RatioSpec> {
     }
 }
 
-/// The ratio `spec` gives contender `name` of `case` (None for the reference itself, or
-/// when the reference did not run).
+/// The ratio `spec` gives contender `name` of `case`, round by round (None for the reference
+/// itself, or when the reference did not run).
 pub(crate) fn ratio(case: &CaseResult, spec: &RatioSpec, name: &str) -> Option<f64> {
     let reference = (spec.reference)(name)?;
     if reference == name {
         return None;
     }
-    let r = case.median(&reference)?;
-    let t = case.median(name)?;
-    if r <= 0.0 || t <= 0.0 {
-        return None;
+    match spec.kind {
+        RatioKind::Throughput => case.time_ratio(&reference, name),
+        RatioKind::Time => case.time_ratio(name, &reference),
     }
-    Some(match spec.kind {
-        RatioKind::Throughput => r / t,
-        RatioKind::Time => t / r,
-    })
 }
 
 /// Nanoseconds as `3.27 ns`, `50.6 ns`, `1.16 µs`, `23.7 ms`.
@@ -284,7 +288,8 @@ pub(crate) fn table(report: &Report) -> String {
     let _ = writeln!(
         out,
         "time: median per operation over the rounds [min - max]; thrpt/X: throughput over X's \
-         (higher is better); time/X: time over X's (lower is better)"
+         (higher is better), time/X: time over X's (lower is better), both the median of the \
+         per-round ratios"
     );
     for note in &report.skipped {
         let _ = writeln!(out, "skipped: {note}");
@@ -533,6 +538,7 @@ mod tests {
             plan: Plan {
                 rounds: 1,
                 batch: Duration::from_millis(1),
+                min_iters: 1,
                 max_iters: u64::MAX,
             },
             contenders: cs.iter().map(|&(n, t)| measured(n, t)).collect(),

@@ -72,13 +72,9 @@ impl Goal {
     }
 }
 
-/// Median of contender `name` in case `group`/`param`.
-fn median(cases: &[CaseResult], group: Group, param: u64, name: &str) -> Option<f64> {
-    cases
-        .iter()
-        .find(|c| c.group == group && c.param == param)?
-        .median(name)
-        .filter(|&m| m > 0.0)
+/// The case `group`/`param`.
+fn case(cases: &[CaseResult], group: Group, param: u64) -> Option<&CaseResult> {
+    cases.iter().find(|c| c.group == group && c.param == param)
 }
 
 fn target(name: impl Into<String>, goal: Goal, measured: Option<f64>) -> TargetResult {
@@ -98,12 +94,9 @@ fn target(name: impl Into<String>, goal: Goal, measured: Option<f64>) -> TargetR
 /// Every target, evaluated on `cases`.
 pub(crate) fn evaluate(cases: &[CaseResult]) -> Vec<TargetResult> {
     let mut out = Vec::new();
-    let thrpt = |g, p, name: &str, reference: &str| {
-        Some(median(cases, g, p, reference)? / median(cases, g, p, name)?)
-    };
-    let time = |g, p, name: &str, reference: &str| {
-        Some(median(cases, g, p, name)? / median(cases, g, p, reference)?)
-    };
+    // Both round by round (see `CaseResult::time_ratio`).
+    let thrpt = |g, p, name: &str, reference: &str| case(cases, g, p)?.time_ratio(reference, name);
+    let time = |g, p, name: &str, reference: &str| case(cases, g, p)?.time_ratio(name, reference);
     for (group, dir) in [(Group::CopyRead, "read"), (Group::CopyWrite, "write")] {
         out.push(target(
             format!("4 KiB {dir}: vdma fd / memcpy, throughput"),
@@ -171,7 +164,9 @@ pub(crate) fn evaluate(cases: &[CaseResult]) -> Vec<TargetResult> {
                 if pages == 1 { "" } else { "s" }
             ),
             Goal::BelowNs(100.0),
-            median(cases, Group::PinUnpin, pages, MLOCK).map(|m| m / pages as f64),
+            case(cases, Group::PinUnpin, pages)
+                .and_then(|c| c.median(MLOCK))
+                .map(|m| m / pages as f64),
         ));
     }
     out
@@ -184,7 +179,7 @@ mod tests {
     use crate::bench::timing::{Measured, Plan, Stats};
     use std::time::Duration;
 
-    fn case(group: Group, param: u64, cs: &[(&str, f64)]) -> CaseResult {
+    fn result(group: Group, param: u64, cs: &[(&str, f64)]) -> CaseResult {
         CaseResult {
             id: String::new(),
             group,
@@ -194,6 +189,7 @@ mod tests {
             plan: Plan {
                 rounds: 1,
                 batch: Duration::from_millis(1),
+                min_iters: 1,
                 max_iters: 1,
             },
             contenders: cs
@@ -211,19 +207,19 @@ mod tests {
     #[test]
     fn met_missed_and_not_run() {
         let cases = vec![
-            case(Group::CopyRead, 4096, &[(MEMCPY, 46.0), (VDMA_FD, 48.0)]),
-            case(
+            result(Group::CopyRead, 4096, &[(MEMCPY, 46.0), (VDMA_FD, 48.0)]),
+            result(
                 Group::CopyRead,
                 65536,
                 &[(MEMCPY, 1000.0), (VDMA_FD, 1001.0)],
             ),
-            case(
+            result(
                 Group::CopyRead,
                 1 << 20,
                 &[(MEMCPY, 20000.0), (VDMA_FD, 21000.0)],
             ),
-            case(Group::CopyRead, 8, &[(VM_MEMORY, 8.0), (VDMA_FD, 6.0)]),
-            case(Group::PinUnpin, 512, &[(MLOCK, 51200.0)]),
+            result(Group::CopyRead, 8, &[(VM_MEMORY, 8.0), (VDMA_FD, 6.0)]),
+            result(Group::PinUnpin, 512, &[(MLOCK, 51200.0)]),
         ];
         let t = evaluate(&cases);
         let find = |prefix: &str| t.iter().find(|t| t.name.starts_with(prefix)).unwrap();

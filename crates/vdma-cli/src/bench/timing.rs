@@ -57,6 +57,9 @@ pub(crate) struct Plan {
     /// The time one batch should take (batch sizes are calibrated to it).
     #[serde(serialize_with = "as_ms")]
     pub(crate) batch: Duration,
+    /// The fewest operations in a batch (for batches with a fixed cost outside the
+    /// operations, such as threads starting at slightly different times).
+    pub(crate) min_iters: u64,
     /// The most operations in a batch (for contenders whose untimed preparation is long).
     pub(crate) max_iters: u64,
 }
@@ -98,6 +101,17 @@ impl Stats {
     }
 }
 
+/// The median over rounds of `a[i] / b[i]`: two contenders of a case compared round by round
+/// (each round runs them back to back, so drift across rounds cancels). `None` if the sample
+/// counts differ or a sample is not positive.
+pub(crate) fn paired_ratio(a: &[f64], b: &[f64]) -> Option<f64> {
+    if a.len() != b.len() || a.iter().chain(b).any(|&x| x <= 0.0) {
+        return None;
+    }
+    let ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    Stats::of(&ratios).map(|s| s.median)
+}
+
 /// The `q` quantile of sorted, non-empty `sorted`, interpolated linearly between the two
 /// nearest ranks (so the median of an even count is the mean of the middle two).
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -120,7 +134,9 @@ pub(crate) struct Measured {
     pub(crate) stats: Stats,
 }
 
-/// The batch size that makes one batch of `run` take about `target` (at most `max_iters`).
+/// The batch size that makes one batch of `run` take about `target` (at most `max_iters`):
+/// grows the batch until it takes a tenth of the target, then scales it from the fastest of
+/// three batches of that size.
 pub(crate) fn calibrate(
     run: &mut RunFn<'_>,
     target: Duration,
@@ -136,7 +152,13 @@ pub(crate) fn calibrate(
             return Ok(max_iters);
         }
         if took >= target / 10 {
-            return Ok(scale(iters, took, target).clamp(1, max_iters));
+            // Scale from the fastest of three tries: one batch slowed down by the rest of the
+            // machine would otherwise make every batch of the case too short.
+            let mut fastest = took;
+            for _ in 0..2 {
+                fastest = fastest.min(run(iters)?);
+            }
+            return Ok(scale(iters, fastest, target).clamp(1, max_iters));
         }
         // Too short to scale from: grow ten-fold (or to the target if it is already near).
         iters = if took.is_zero() {
@@ -169,7 +191,8 @@ pub(crate) fn measure(
 ) -> Result<Vec<Measured>, BenchError> {
     let mut batches = Vec::with_capacity(contenders.len());
     for c in contenders.iter_mut() {
-        batches.push(calibrate(&mut c.run, plan.batch, plan.max_iters)?);
+        let iters = calibrate(&mut c.run, plan.batch, plan.max_iters)?;
+        batches.push(iters.max(plan.min_iters.min(plan.max_iters)));
     }
     progress.inc(1);
     let n = contenders.len();
@@ -236,6 +259,19 @@ mod tests {
         assert!(Stats::of(&[1.0, f64::NAN]).is_none());
     }
 
+    #[test]
+    fn paired_ratios_cancel_drift() {
+        // The machine slowed down ten-fold in round 2 for both: round by round, a is half of b
+        // twice, so the paired median is 0.5, where the ratio of medians would be 0.4.
+        let a = [10.0, 100.0, 12.0];
+        let b = [20.0, 200.0, 30.0];
+        assert_eq!(paired_ratio(&a, &b), Some(0.5));
+        let (ma, mb) = (Stats::of(&a).unwrap().median, Stats::of(&b).unwrap().median);
+        assert!((ma / mb - 0.4).abs() < 1e-12);
+        assert_eq!(paired_ratio(&a, &b[..2]), None);
+        assert_eq!(paired_ratio(&[1.0], &[0.0]), None);
+    }
+
     /// A fake contender whose operations cost `ns_per_op` of fake time, recording batch sizes.
     fn fake(ns_per_op: u64, log: Rc<RefCell<Vec<u64>>>) -> RunFn<'static> {
         Box::new(move |iters| {
@@ -276,6 +312,7 @@ mod tests {
         let plan = Plan {
             rounds: 3,
             batch: Duration::from_micros(100),
+            min_iters: 1,
             max_iters: u64::MAX,
         };
         let m = measure(&mut cs, &plan, &ProgressBar::hidden()).unwrap();
