@@ -614,3 +614,18 @@ fn region_info_reply_with_a_broken_chain() {
         EINVAL
     );
 }
+
+#[test]
+fn dma_read_reply_for_a_count_near_2_pow_64_is_a_length_error() {
+    // Found by fuzzing: the expected length `16 + count` overflowed (a debug-build panic).
+    let count = u64::MAX - 10;
+    let access = DmaAccess::new(0x1000, count);
+    for layout in [DmaLayout::Spec, DmaLayout::Qemu] {
+        let mut payload = access.encode_read_request(layout);
+        payload.extend_from_slice(&[0xff; 114]);
+        let err = access
+            .decode_read_reply(&payload, 0, layout)
+            .expect_err("a reply this short cannot carry the count");
+        assert_eq!(err.errno(), libc::EINVAL, "{layout:?}: {err}");
+    }
+}

@@ -198,14 +198,15 @@ impl DmaLayout {
         rest: &[u8],
         count: u64,
     ) -> Result<(), ProtocolError> {
+        // Saturating: a count near 2^64 must give a length error, not an overflow (fuzzing).
         let at = self.data_offset() as u64;
         match self {
-            DmaLayout::Spec => expect_len(command, payload, at + count),
+            DmaLayout::Spec => expect_len(command, payload, at.saturating_add(count)),
             DmaLayout::Qemu => {
                 if rest.len() as u64 == count {
                     Ok(())
                 } else {
-                    expect_len(command, payload, at + count + 4)
+                    expect_len(command, payload, at.saturating_add(count).saturating_add(4))
                 }
             }
         }
