@@ -125,7 +125,11 @@ impl ReaderState {
         self.depth.set(depth + 1);
         if depth == 0 {
             let seq = self.slot.seq.load(Ordering::Relaxed);
-            self.slot.seq.store(seq + 1, Ordering::Relaxed);
+            // Release, not Relaxed: a writer that waits on this slot may read this store
+            // (the next section's entry) instead of the previous exit's; under the language's
+            // rules (C++20 release sequences) only a release store then orders the previous
+            // section's reads before the writer's reclaim. Free on x86 (loom found this).
+            self.slot.seq.store(seq + 1, Ordering::Release);
             if self.light {
                 compiler_fence(Ordering::SeqCst);
             } else {
