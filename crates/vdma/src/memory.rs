@@ -17,6 +17,7 @@ use crate::error::Result;
 
 pub use file::FileMemory;
 pub use host::HostRegion;
+pub(crate) use host::HostWindow;
 pub use owned::{OwnedMemory, RawMemory};
 pub use process::ProcessMemory;
 

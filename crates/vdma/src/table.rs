@@ -8,13 +8,15 @@
 //! n mappings. A lookup is two binary searches; a lookup that hits the thread's hint (the last
 //! entry it used, tagged with the table's generation) is one compare.
 
+use std::cell::Cell;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::dirty::DirtyLog;
 use crate::error::Result;
 use crate::mapping::Mapping;
-use crate::memory::HostRegion;
+use crate::memory::{HostRegion, HostWindow};
 use crate::prot::Prot;
 use crate::rcu::{Guard, Hint};
 use crate::tracking::DeviceLog;
@@ -29,6 +31,67 @@ const DIRECTORY_AFTER: u32 = 64;
 
 /// Generations are unique in the process, so a hint can never match a different table.
 static NEXT_GEN: AtomicU64 = AtomicU64::new(1);
+
+/// The thread's last translation, with everything `dma_rw`'s fast path needs inline in one
+/// thread-local: a hit reads it at a fixed offset from the thread pointer, compares the
+/// generation with the current table's, and copies, with no dependent load through the table
+/// or the entry before the copy starts.
+#[derive(Clone, Copy)]
+struct Hot {
+    /// The table generation it was taken from (0: none; generations start at 1).
+    gen: u64,
+    start: u64,
+    last: u64,
+    prot: Prot,
+    /// A write must mark dirt: the entry has a container-level log, or the table device logs.
+    marks: bool,
+    host: Option<HostWindow>,
+    entry: *const Entry,
+}
+
+impl Hot {
+    const NONE: Hot = Hot {
+        gen: 0,
+        start: 1,
+        last: 0,
+        prot: Prot::NONE,
+        marks: false,
+        host: None,
+        entry: std::ptr::null(),
+    };
+}
+
+thread_local! {
+    /// See [`Hot`]. Const-initialised and without a destructor: always accessible.
+    static HOT: Cell<Hot> = const { Cell::new(Hot::NONE) };
+}
+
+/// A hit of the thread's [`Hot`] translation in the table it was loaded from; lives no longer
+/// than that table (and so than the read section that loaded it).
+pub(crate) struct HotHit<'g> {
+    /// First IOVA of the entry.
+    pub(crate) start: u64,
+    /// Last IOVA of the entry.
+    pub(crate) last: u64,
+    /// Its permissions.
+    pub(crate) prot: Prot,
+    /// Whether a write through it must mark dirt ([`crate::dma::mark_dirty`]).
+    pub(crate) marks: bool,
+    /// Its host memory, if any.
+    pub(crate) host: Option<HostRegion>,
+    entry: *const Entry,
+    _table: PhantomData<&'g Table>,
+}
+
+impl<'g> HotHit<'g> {
+    /// The entry itself.
+    #[inline(always)]
+    pub(crate) fn entry(&self) -> &'g Entry {
+        // SAFETY: the hit was made from a hint of the same generation as the table borrowed
+        // for 'g: that table, whose entries never move while it lives.
+        unsafe { &*self.entry }
+    }
+}
 
 /// One mapping in a table, with what the fast path needs inline.
 pub(crate) struct Entry {
@@ -242,6 +305,44 @@ impl Table {
         self.entry(pos).contains(iova).then_some(pos)
     }
 
+    /// The thread's last translation, if it was taken from this table. The caller's read
+    /// section (`_guard`) keeps this table, and so the entry and its memory, alive.
+    #[inline(always)]
+    pub(crate) fn hot<'g>(&'g self, _guard: &'g Guard) -> Option<HotHit<'g>> {
+        let h = HOT.with(Cell::get);
+        if h.gen != self.gen {
+            return None;
+        }
+        Some(HotHit {
+            start: h.start,
+            last: h.last,
+            prot: h.prot,
+            marks: h.marks,
+            // SAFETY: `h.host` was copied from the entry's region when the hint was set from a
+            // table of this generation, which is `self` (generations are unique); `self` is
+            // alive for 'g, and with it the entry's mapping, which owns that memory.
+            host: h.host.map(|w| unsafe { w.region() }),
+            entry: h.entry,
+            _table: PhantomData,
+        })
+    }
+
+    /// Makes `entry` (of this table) the thread's [`Hot`] translation.
+    #[inline]
+    fn set_hot(&self, entry: &Entry) {
+        HOT.with(|c| {
+            c.set(Hot {
+                gen: self.gen,
+                start: entry.start,
+                last: entry.last,
+                prot: entry.prot,
+                marks: entry.dirty.is_some() || !self.device_logs.is_empty(),
+                host: entry.host.as_ref().map(HostRegion::window_copy),
+                entry,
+            })
+        });
+    }
+
     /// The entry containing `iova`, trying the thread's hint first and updating it.
     #[inline(always)]
     pub(crate) fn find_hinted<'g>(&'g self, iova: u64, guard: &Guard) -> Option<&'g Entry> {
@@ -252,6 +353,7 @@ impl Table {
             // entries never move (chunks are immutable once published).
             let entry = unsafe { &*(hint.entry as *const Entry) };
             if entry.contains(iova) {
+                self.set_hot(entry);
                 return Some(entry);
             }
         }
@@ -274,6 +376,7 @@ impl Table {
             entry: entry as *const Entry as *const (),
             misses,
         });
+        self.set_hot(entry);
         Some(entry)
     }
 

@@ -27,6 +27,31 @@ unsafe impl Send for HostRegion {}
 // SAFETY: as above; `&HostRegion` only allows raw copies, never references into the memory.
 unsafe impl Sync for HostRegion {}
 
+/// A bitwise copy of a [`HostRegion`] for the crate's per-thread lookup cache (`table.rs`):
+/// valid exactly as long as the region it was copied from, and turned back into a region only
+/// while that region is known to live.
+#[derive(Clone, Copy)]
+pub(crate) struct HostWindow {
+    base: NonNull<u8>,
+    len: usize,
+    fault_slot: u32,
+}
+
+impl HostWindow {
+    /// The region this was copied from.
+    ///
+    /// # Safety
+    /// That region (or the object that holds it) must still be alive.
+    #[inline(always)]
+    pub(crate) unsafe fn region(self) -> HostRegion {
+        HostRegion {
+            base: self.base,
+            len: self.len,
+            fault_slot: self.fault_slot,
+        }
+    }
+}
+
 impl HostRegion {
     /// A region of `len` bytes at `base`.
     ///
@@ -45,6 +70,16 @@ impl HostRegion {
     /// The same region, protected by a SIGBUS-recovery slot.
     pub(crate) fn with_fault_slot(self, fault_slot: u32) -> HostRegion {
         HostRegion { fault_slot, ..self }
+    }
+
+    /// A copy for the per-thread lookup cache (see [`HostWindow`]).
+    #[inline(always)]
+    pub(crate) fn window_copy(&self) -> HostWindow {
+        HostWindow {
+            base: self.base,
+            len: self.len,
+            fault_slot: self.fault_slot,
+        }
     }
 
     /// The region's SIGBUS-recovery slot.
