@@ -269,10 +269,11 @@ pub(crate) fn table(report: &Report) -> String {
     let rounds = report.cases.first().map_or(0, |c| c.plan.rounds);
     let _ = writeln!(
         out,
-        "vdma bench{}: {} cases, {rounds} rounds each (every round runs each contender of a case \
-         in turn); {:.1} s",
+        "vdma bench{}: {} case{}, {rounds} rounds each (every round runs each contender of a \
+         case in turn); {:.1} s",
         if report.quick { " --quick" } else { "" },
         report.cases.len(),
+        if report.cases.len() == 1 { "" } else { "s" },
         report.wall_s
     );
     let _ = writeln!(
@@ -339,7 +340,12 @@ pub(crate) fn table(report: &Report) -> String {
         }
         t.render(&mut out);
     }
-    if !report.targets.is_empty() {
+    let not_run = report
+        .targets
+        .iter()
+        .filter(|t| t.status == Status::NotRun)
+        .count();
+    if not_run < report.targets.len() {
         let _ = writeln!(out, "\ntargets");
         let mut t = Table::new(
             vec![
@@ -350,19 +356,32 @@ pub(crate) fn table(report: &Report) -> String {
             ],
             vec![false, true, true, false],
         );
-        for target in &report.targets {
+        for target in report.targets.iter().filter(|t| t.status != Status::NotRun) {
             t.push(vec![
                 target.name.clone(),
                 target.shown.clone(),
                 target.goal.clone(),
-                match target.status {
-                    Status::Met => "met".into(),
-                    Status::Missed => "MISSED".into(),
-                    Status::NotRun => "not run".into(),
-                },
+                if target.status == Status::Met {
+                    "met"
+                } else {
+                    "MISSED"
+                }
+                .into(),
             ]);
         }
         t.render(&mut out);
+    }
+    if not_run > 0 {
+        let _ = writeln!(
+            out,
+            "{}{not_run} of {} targets not evaluated: their cases did not run",
+            if not_run < report.targets.len() {
+                ""
+            } else {
+                "\n"
+            },
+            report.targets.len()
+        );
     }
     out
 }

@@ -1,7 +1,8 @@
 //! How a case is timed: each contender's batch size is calibrated once, then every round runs
-//! every contender of the case in turn (starting one further each round), so drift on a noisy
-//! machine hits all alike; the figure is the median over rounds of the time per operation of a
-//! batch, with its spread.
+//! every contender of the case in turn (starting one further each round, each batch after an
+//! untimed quarter batch that warms the caches up again), so drift on a noisy machine hits all
+//! alike; the figure is the median over rounds of the time per operation of a batch, with its
+//! spread, and two contenders are compared by the median of their per-round ratios.
 
 use std::time::{Duration, Instant};
 
@@ -182,8 +183,8 @@ fn scale(iters: u64, took: Duration, target: Duration) -> u64 {
 }
 
 /// Measures `contenders` with `plan`: calibrates each, then runs `plan.rounds` rounds of one
-/// batch of each, rotating the order every round. Ticks `progress` once for the calibration
-/// and once per round.
+/// batch of each (after an untimed quarter batch), rotating the order every round. Ticks
+/// `progress` once for the calibration and once per round.
 pub(crate) fn measure(
     contenders: &mut [Contender<'_>],
     plan: &Plan,
@@ -200,6 +201,12 @@ pub(crate) fn measure(
     for round in 0..plan.rounds {
         for k in 0..n {
             let i = (round + k) % n;
+            // A quarter batch untimed first: the previous contender's data left the caches
+            // cold for this one, and the timed batch should see the steady state.
+            let warm = batches[i] / 4;
+            if warm > 0 {
+                (contenders[i].run)(warm)?;
+            }
             let took = (contenders[i].run)(batches[i])?;
             samples[i].push(took.as_nanos() as f64 / batches[i] as f64);
         }
@@ -321,9 +328,12 @@ mod tests {
         assert_eq!(m[1].stats.median, 40.0);
         assert_eq!(m[0].batch, 10_000);
         assert_eq!(m[1].batch, 2_500);
-        // After calibration: rounds a,b then b,a then a,b.
+        // After calibration: rounds a,b then b,a then a,b, each batch after its warm-up.
         let order = order.borrow();
-        let rounds = &order[order.len() - 6..];
-        assert_eq!(rounds, ["a", "b", "b", "a", "a", "b"]);
+        let rounds = &order[order.len() - 12..];
+        assert_eq!(
+            rounds,
+            ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
+        );
     }
 }
