@@ -266,6 +266,8 @@ struct Client {
     mem_base: u64,
     mem: Vec<u8>,
     dma_requests: usize,
+    /// The most bytes one DMA request asked for.
+    largest_dma: u64,
 }
 
 /// A reply: header and payload, with its descriptors.
@@ -289,8 +291,9 @@ impl Client {
             next_id: 1,
             layout,
             mem_base: 0x4000_0000,
-            mem: vec![0; 0x10000],
+            mem: vec![0; 0x40000],
             dma_requests: 0,
+            largest_dma: 0,
         }
     }
 
@@ -339,6 +342,7 @@ impl Client {
         let request = m.request(&config).expect("a valid DMA request");
         let reply = match request {
             Request::DmaRead(access) => {
+                self.largest_dma = self.largest_dma.max(access.count);
                 let at = (access.addr - self.mem_base) as usize;
                 let data = &self.mem[at..at + access.count as usize];
                 MessageBuilder::reply(m.header.msg_id(), Command::DmaRead.number())
@@ -351,6 +355,7 @@ impl Client {
                     .unwrap()
             }
             Request::DmaWrite(access, data) => {
+                self.largest_dma = self.largest_dma.max(data.len() as u64);
                 let at = (access.addr - self.mem_base) as usize;
                 self.mem[at..at + data.len()].copy_from_slice(data);
                 MessageBuilder::reply(m.header.msg_id(), Command::DmaWrite.number())
@@ -1170,5 +1175,36 @@ fn allowed_uids_refuse_other_users() {
         client.version(spec_caps());
         let a = client.call(Command::DeviceGetInfo, DeviceInfo::request().as_bytes());
         assert_eq!(a.errno(), None);
+    });
+}
+
+#[test]
+fn dma_requests_to_qemu_stay_within_qemu_dma_chunk() {
+    // QEMU loses the part of a DMA_READ reply that does not fit in its socket buffer, so a
+    // QEMU client gets requests of at most `qemu_dma_chunk` (64 KiB) even if it takes 1 MiB.
+    with_session(TestDevice::new(), DmaLayout::Qemu, |client, _| {
+        client.version(qemu_caps(1 << 20));
+        let base = client.mem_base;
+        for (i, b) in client.mem[..0x20000].iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let map = DmaMap::new(base, 0x40000, 0, Prot::READ_WRITE);
+        assert_eq!(client.call(Command::DmaMap, map.as_bytes()).errno(), None);
+        assert_eq!(client.device_copy(base, base + 0x20000, 0x20000), 0);
+        assert_eq!(client.mem[..0x20000], client.mem[0x20000..0x40000]);
+        assert_eq!(client.largest_dma, 64 << 10);
+        assert!(client.dma_requests >= 4, "{} requests", client.dma_requests);
+    });
+    // A client with the specification's layout gets its own maximum, even above 64 KiB.
+    with_session(TestDevice::new(), DmaLayout::Spec, |client, _| {
+        client.version(Capabilities {
+            max_data_xfer_size: Some(1 << 20),
+            ..spec_caps()
+        });
+        let base = client.mem_base;
+        let map = DmaMap::new(base, 0x40000, 0, Prot::READ_WRITE);
+        assert_eq!(client.call(Command::DmaMap, map.as_bytes()).errno(), None);
+        assert_eq!(client.device_copy(base, base + 0x20000, 0x20000), 0);
+        assert_eq!(client.largest_dma, 0x20000);
     });
 }

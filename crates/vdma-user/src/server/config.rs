@@ -30,6 +30,11 @@ pub struct ServerConfig {
     pub send_timeout: Duration,
     /// Bytes of commands the reader queues ahead of the handler (default 64 MiB).
     pub queue_bytes: usize,
+    /// The most data one DMA_READ/DMA_WRITE carries to or from a client that uses QEMU's DMA
+    /// layout (default 64 KiB). QEMU 10.x writes its DMA_READ reply with one write on a
+    /// non-blocking socket and drops what did not fit in the socket buffer (about 208 KiB by
+    /// default), which breaks the connection; see interop/qemu/README.md.
+    pub qemu_dma_chunk: u32,
     /// Only peers running as one of these user ids are served (checked with SO_PEERCRED when
     /// a client connects; others are closed at once). `None` (default): anyone who can open
     /// the socket, which the server creates 0600, so its own user and root.
@@ -47,6 +52,7 @@ impl Default for ServerConfig {
             reply_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(10),
             queue_bytes: 64 << 20,
+            qemu_dma_chunk: 64 << 10,
             allowed_uids: None,
         }
     }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use vdma::DeviceHandle;
 
 use crate::protocol::{
-    error_reply, flags, DecodeConfig, Header, Request, Version, IRQ_INFO_EVENTFD,
+    error_reply, flags, DecodeConfig, DmaLayout, Header, Request, Version, IRQ_INFO_EVENTFD,
 };
 use crate::server::commands::{Commands, Reply};
 use crate::server::device::{Device, IrqAction, IrqRequest, IrqSetData};
@@ -213,7 +213,10 @@ impl<'a> Session<'a> {
             crate::protocol::Capabilities::DEFAULT_MAX_DATA_XFER_SIZE,
             |c| c.max_data_xfer_size_or_default(),
         );
-        let chunk = client_xfer.min(u64::from(config.max_data_xfer_size)).max(1);
+        let mut chunk = client_xfer.min(u64::from(config.max_data_xfer_size)).max(1);
+        if layout == DmaLayout::Qemu {
+            chunk = chunk.min(u64::from(config.qemu_dma_chunk));
+        }
         let reply = Version {
             major: 0,
             minor: 0,
