@@ -428,6 +428,7 @@ fn measure_case(
     skipped: &mut Vec<String>,
 ) -> Result<Option<CaseResult>, BenchError> {
     // Per-case state that lives while the case runs.
+    let mapper_stats = threads::MapperStats::default();
     let writes;
     let report;
     let pins;
@@ -445,7 +446,7 @@ fn measure_case(
         )?,
         Group::LookupRandom => lookup::random(fx.guest()?, fx.lookup(spec.param as usize)?),
         Group::LookupHot => lookup::hot(&[fx.lookup(1)?, fx.lookup(65535)?]),
-        Group::Threads => threads::contenders(fx.guest()?, cpus, first_cpu),
+        Group::Threads => threads::contenders(fx.guest()?, cpus, first_cpu, &mapper_stats),
         Group::DirtyWrite => {
             writes = tracking::Writes::new()?;
             writes.contenders()
@@ -467,7 +468,9 @@ fn measure_case(
         },
     };
     let measured = timing::measure(&mut contenders, plan, progress)?;
+    drop(contenders);
     Ok(Some(CaseResult {
+        notes: mapper_stats.notes(),
         id: spec.id(),
         group: spec.group,
         param: spec.param,

@@ -185,6 +185,16 @@ fn a_quick_run_reports_every_case_and_contender_and_plots_them() {
             other => panic!("unknown group {other}"),
         };
         assert_eq!(got, expect, "{id}");
+        // The mapper's work is reported for both of its contenders, and only there.
+        let notes = case["notes"].as_array().expect("notes");
+        if id.starts_with("threads/") {
+            assert_eq!(notes.len(), 2, "{notes:?}");
+            assert!(notes.iter().all(|n| n
+                .as_str()
+                .is_some_and(|n| n.contains("map + unmap calls per second"))));
+        } else {
+            assert!(notes.is_empty(), "{id}: {notes:?}");
+        }
         // The ratio columns: vdma fd against memcpy and vm-memory in every copy case, each
         // the median of the per-round ratios.
         if id.starts_with("copy_") {

@@ -29,6 +29,8 @@ pub(crate) struct CaseResult {
     pub(crate) plan: Plan,
     /// Each contender, in the order they were built.
     pub(crate) contenders: Vec<Measured>,
+    /// What else the case observed (printed under its table).
+    pub(crate) notes: Vec<String>,
 }
 
 impl CaseResult {
@@ -314,7 +316,7 @@ pub(crate) fn table(report: &Report) -> String {
         let mut right = vec![false, false, true, true, true];
         right.extend(specs.iter().map(|_| true));
         let mut t = Table::new(header, right);
-        for case in cases {
+        for case in &cases {
             for (i, c) in case.contenders.iter().enumerate() {
                 let s = c.stats;
                 let rate = match case.unit {
@@ -339,6 +341,9 @@ pub(crate) fn table(report: &Report) -> String {
             }
         }
         t.render(&mut out);
+        for note in cases.iter().flat_map(|c| &c.notes) {
+            let _ = writeln!(out, "  {note}");
+        }
     }
     let not_run = report
         .targets
@@ -430,6 +435,7 @@ struct JsonCase<'a> {
     unit: Unit,
     plan: Plan,
     contenders: Vec<JsonContender<'a>>,
+    notes: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -468,6 +474,7 @@ pub(crate) fn json(report: &Report) -> Result<String, serde_json::Error> {
                 label: &case.label,
                 unit: case.unit,
                 plan: case.plan,
+                notes: &case.notes,
                 contenders: case
                     .contenders
                     .iter()
@@ -561,6 +568,7 @@ mod tests {
                 max_iters: u64::MAX,
             },
             contenders: cs.iter().map(|&(n, t)| measured(n, t)).collect(),
+            notes: Vec::new(),
         }
     }
 

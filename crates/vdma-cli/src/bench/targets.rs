@@ -201,6 +201,7 @@ mod tests {
                     stats: Stats::of(&[t]).unwrap(),
                 })
                 .collect(),
+            notes: Vec::new(),
         }
     }
 

@@ -4,9 +4,10 @@
 //! from the first reader's start to the last reader's end (thread start-up is outside it); the
 //! figure is that time per read, over all readers.
 
+use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Barrier;
+use std::sync::{Barrier, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use vdma::{Backing, Iova, Prot};
@@ -35,9 +36,43 @@ enum Reader {
     Vdma,
 }
 
+/// What the mapper threads did, per contender: map and unmap calls, and the wall time they ran
+/// (every batch, calibration and warm-up included).
+#[derive(Debug, Default)]
+pub(crate) struct MapperStats(Mutex<BTreeMap<String, (u64, Duration)>>);
+
+impl MapperStats {
+    fn add(&self, name: &str, calls: u64, took: Duration) {
+        let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = all.entry(name.to_string()).or_default();
+        entry.0 += calls;
+        entry.1 += took;
+    }
+
+    /// One line per contender with a mapper: its map + unmap calls per second.
+    pub(crate) fn notes(&self) -> Vec<String> {
+        let all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        all.iter()
+            .filter(|(_, (_, took))| !took.is_zero())
+            .map(|(name, (calls, took))| {
+                format!(
+                    "{name}: the mapper made {:.0} map + unmap calls per second",
+                    *calls as f64 / took.as_secs_f64()
+                )
+            })
+            .collect()
+    }
+}
+
 /// The contenders: memcpy, vdma and vdma with a mapper, with 1 and 2 readers. Reader `t` runs
-/// on `cpus[(first + t) % cpus.len()]`; the mapper on the CPUs no reader uses, or on all.
-pub(crate) fn contenders<'f>(guest: &'f Guest, cpus: &[usize], first: usize) -> Vec<Contender<'f>> {
+/// on `cpus[(first + t) % cpus.len()]`; the mapper on the CPUs no reader uses, or on all. The
+/// mappers' work is counted in `stats`.
+pub(crate) fn contenders<'f>(
+    guest: &'f Guest,
+    cpus: &[usize],
+    first: usize,
+    stats: &'f MapperStats,
+) -> Vec<Contender<'f>> {
     let mut out = Vec::new();
     for (kind, reader, mapper) in [
         ("memcpy", Reader::Memcpy, false),
@@ -57,14 +92,14 @@ pub(crate) fn contenders<'f>(guest: &'f Guest, cpus: &[usize], first: usize) -> 
                 mapper_cpus = cpus.to_vec();
             }
             let name = format!("{kind}, {}", threads_label(threads));
+            let key = name.clone();
             out.push(Contender::new(name, move |iters| {
-                run(
-                    guest,
-                    &readers,
-                    iters,
-                    reader,
-                    mapper.then_some(&mapper_cpus[..]),
-                )
+                let mapper = mapper.then_some(&mapper_cpus[..]);
+                let (took, calls) = run(guest, &readers, iters, reader, mapper)?;
+                if let Some((calls, ran)) = calls {
+                    stats.add(&key, calls, ran);
+                }
+                Ok(took)
             }));
         }
     }
@@ -82,14 +117,14 @@ pub(crate) fn threads_label(n: usize) -> String {
 
 /// One batch: `iters` reads split over one reader per entry of `readers` (its CPU), with a
 /// mapper on `mapper` if given. Returns the wall time from the first reader's start to the
-/// last one's end.
+/// last one's end, and what the mapper did (calls, and how long it ran).
 fn run(
     guest: &Guest,
     readers: &[usize],
     iters: u64,
     reader: Reader,
     mapper: Option<&[usize]>,
-) -> Result<Duration, BenchError> {
+) -> Result<(Duration, Option<(u64, Duration)>), BenchError> {
     let stop = AtomicBool::new(false);
     let n = readers.len() as u64;
     let barrier = Barrier::new(readers.len() + usize::from(mapper.is_some()));
@@ -121,9 +156,10 @@ fn run(
             }
         }
         stop.store(true, Ordering::Relaxed);
+        let mut mapped = None;
         if let Some(m) = mapper_thread {
             match m.join() {
-                Ok(Ok(())) => {}
+                Ok(Ok(done)) => mapped = Some(done),
                 Ok(Err(e)) => failure = Some(e),
                 Err(_) => failure = Some(panicked("mapper")),
             }
@@ -134,7 +170,7 @@ fn run(
         let start = spans.iter().map(|s| s.0).min();
         let end = spans.iter().map(|s| s.1).max();
         match (start, end) {
-            (Some(start), Some(end)) => Ok(end.saturating_duration_since(start)),
+            (Some(start), Some(end)) => Ok((end.saturating_duration_since(start), mapped)),
             _ => Err(panicked("readers")),
         }
     })
@@ -190,8 +226,11 @@ fn read_loop(
     Ok((t0, Instant::now()))
 }
 
-/// The mapper: maps 16 ranges of 64 KiB, unmaps them, again, until `stop`.
-fn map_unmap(guest: &Guest, stop: &AtomicBool) -> Result<(), BenchError> {
+/// The mapper: maps 16 ranges of 64 KiB, unmaps them, again, until `stop`. Returns its calls
+/// and how long it ran.
+fn map_unmap(guest: &Guest, stop: &AtomicBool) -> Result<(u64, Duration), BenchError> {
+    let t0 = Instant::now();
+    let mut calls = 0;
     while !stop.load(Ordering::Relaxed) {
         for j in 0..MAPPER_RANGES {
             guest
@@ -210,6 +249,7 @@ fn map_unmap(guest: &Guest, stop: &AtomicBool) -> Result<(), BenchError> {
                 .unmap(Iova(MAPPER_BASE + j * MAPPER_SIZE), MAPPER_SIZE)
                 .map_err(vdma_err("mapper: unmap"))?;
         }
+        calls += 2 * MAPPER_RANGES;
     }
-    Ok(())
+    Ok((calls, t0.elapsed()))
 }
