@@ -49,7 +49,7 @@ impl PeerCommand {
     }
 }
 
-/// The peer's side: allocates [`PEER_LEN`] bytes, writes all of them, prints
+/// The peer's side: allocates 2 MiB, writes all of it, prints
 /// `vdma-bench-peer addr=0x... len=...` and waits until standard input reaches its end (the
 /// bench closes it, or dies), then exits. What the bench's hidden peer subcommand runs.
 pub fn peer_main() -> ! {
