@@ -294,6 +294,19 @@ pub(crate) fn table(report: &Report) -> String {
          (higher is better), time/X: time over X's (lower is better), both the median of the \
          per-round ratios"
     );
+    let busy = [report.load_before, report.load_after]
+        .iter()
+        .flatten()
+        .map(|l| l[0])
+        .fold(0.0, f64::max);
+    if busy > report.cpus.len() as f64 * 0.5 {
+        let _ = writeln!(
+            out,
+            "note: the machine was busy (load average up to {busy:.2} on {} CPUs): expect noise, \
+             see the spreads",
+            report.cpus.len()
+        );
+    }
     for note in &report.skipped {
         let _ = writeln!(out, "skipped: {note}");
     }
