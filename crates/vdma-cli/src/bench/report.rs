@@ -616,6 +616,60 @@ mod tests {
     }
 
     #[test]
+    fn the_table_has_a_row_per_contender_and_the_evaluated_targets() {
+        let cases = vec![case(
+            Group::CopyRead,
+            Unit::Bytes(4096),
+            &[("memcpy", 40.0), ("vm-memory", 50.0), ("vdma fd", 45.0)],
+        )];
+        let report = Report {
+            tool: "vdma bench",
+            version: "0",
+            quick: true,
+            filter: None,
+            cpus: vec![0, 1],
+            pinned_cpu: Some(1),
+            load_before: Some([0.1, 0.2, 0.3]),
+            load_after: Some([3.0, 0.2, 0.3]),
+            wall_s: 1.5,
+            skipped: vec!["vdma process: no peer".into()],
+            targets: crate::bench::targets::evaluate(&cases),
+            cases,
+        };
+        let text = table(&report);
+        for name in ["memcpy", "vm-memory", "vdma fd"] {
+            let rows: Vec<&str> = text.lines().filter(|l| l.contains(name)).collect();
+            assert!(!rows.is_empty(), "{name}");
+        }
+        let fd = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("vdma fd"))
+            .unwrap();
+        // 45 ns, 4096 B: 84.8 GiB/s; 40/45 of memcpy's throughput, 45/50 of vm-memory's time.
+        assert!(fd.contains("45.0 ns") && fd.contains("84.8"), "{fd}");
+        assert!(fd.contains("0.89") && fd.contains("0.90"), "{fd}");
+        assert!(text.contains("pinned to CPU 1"));
+        assert!(text.contains("skipped: vdma process: no peer"));
+        assert!(text.contains("the machine was busy (load average up to 3.00 on 2 CPUs)"));
+        // Only the 4 KiB read target ran (0.889: missed); the others are counted.
+        let target = text
+            .lines()
+            .find(|l| l.contains("4 KiB read: vdma fd / memcpy"))
+            .unwrap();
+        assert!(
+            target.contains("0.889") && target.contains("MISSED"),
+            "{target}"
+        );
+        assert!(text.contains("12 of 13 targets not evaluated"));
+        // And the JSON carries the same figures.
+        let doc: serde_json::Value = serde_json::from_str(&json(&report).unwrap()).unwrap();
+        let c = &doc["cases"][0]["contenders"][2];
+        assert_eq!(c["name"], "vdma fd");
+        assert!((c["ratios"]["thrpt/memcpy"].as_f64().unwrap() - 40.0 / 45.0).abs() < 1e-12);
+        assert_eq!(doc["targets"][0]["status"], "missed");
+    }
+
+    #[test]
     fn labels() {
         assert_eq!(time_label(3.271), "3.27 ns");
         assert_eq!(time_label(50.64), "50.6 ns");
