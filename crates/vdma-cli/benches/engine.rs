@@ -22,18 +22,12 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use vdma::{OwnedMemory, Prot};
+use vdma_cli::dma_engine::registers::*;
 use vdma_cli::dma_engine::{dma_engine, DmaEngineConfig};
 use vdma_user::client::Client;
 use vdma_user::server::{Server, ServerConfig};
 
 const BAR0: u32 = 0;
-const SRC_LO: u64 = 0x08;
-const DST_LO: u64 = 0x10;
-const LEN: u64 = 0x18;
-const CMD: u64 = 0x1c;
-const STATUS: u64 = 0x20;
-const PATTERN: u64 = 0x2c;
-const COPY: u32 = 1;
 const MIB: u64 = 1 << 20;
 const SIZES: [u64; 3] = [4096, 64 * 1024, MIB];
 
@@ -81,7 +75,7 @@ impl Session {
 
     /// Starts a COPY and waits for it (STATUS 2).
     fn copy(&self) {
-        self.write32(CMD, COPY);
+        self.write32(CMD, CMD_COPY);
         loop {
             let status = self.client().region_read(BAR0, STATUS, 4).expect("status");
             match status[0] {

@@ -913,3 +913,34 @@ fn next_client_after_disconnect() {
     serving.join().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_memfd_shrunk_under_its_mapping_fails_commands_with_efault() {
+    // A hostile or buggy client truncates the file it mapped: the engine's accesses past the
+    // new end must fail (EFAULT) instead of killing the server with SIGBUS, and the server
+    // goes on serving.
+    let rig = Rig::new();
+    let file = rig.map_memfd(RAM, 4 * MIB);
+    file.write_all_at(&pattern(8192, 3), 0).unwrap();
+    rig.program(RAM, RAM + 2 * MIB, 8192);
+    assert_eq!(rig.run(CMD_COPY), (STATUS_DONE, 0));
+
+    file.set_len(MIB).unwrap();
+    // Source past the end.
+    rig.program(RAM + 2 * MIB, RAM, 4096);
+    assert_eq!(rig.run(CMD_COPY), (STATUS_ERROR, libc::EFAULT));
+    // Destination past the end.
+    rig.program(RAM, RAM + 3 * MIB, 4096);
+    assert_eq!(rig.run(CMD_COPY), (STATUS_ERROR, libc::EFAULT));
+    // The faulted mapping stays poisoned (even below the new end: its memory is no longer
+    // trusted), but the server goes on: registers answer, and a new mapping of another file
+    // works.
+    rig.program(RAM, RAM + 4096, 4096);
+    assert_eq!(rig.run(CMD_COPY), (STATUS_ERROR, libc::EFAULT));
+    assert_eq!(rig.r32(ID), ID_VALUE);
+    let other = rig.map_memfd(RAM + 16 * MIB, MIB);
+    other.write_all_at(&pattern(4096, 9), 0).unwrap();
+    rig.program(RAM + 16 * MIB, RAM + 16 * MIB + 8192, 4096);
+    assert_eq!(rig.run(CMD_COPY), (STATUS_DONE, 0));
+    assert_eq!(read_file(&other, 8192, 4096), pattern(4096, 9));
+}

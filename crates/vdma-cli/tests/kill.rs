@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vdma::{OwnedMemory, Prot};
+use vdma_cli::dma_engine::registers::*;
 use vdma_user::client::Client;
 
 /// Rounds in one run (1,000 by default; `VDMA_KILL_ROUNDS` overrides).
@@ -26,12 +27,6 @@ fn rounds() -> usize {
 }
 
 const BAR0: u32 = 0;
-const SRC_LO: u64 = 0x08;
-const DST_LO: u64 = 0x10;
-const LEN: u64 = 0x18;
-const CMD: u64 = 0x1c;
-const STATUS: u64 = 0x20;
-const COPY: u32 = 1;
 const MIB: u64 = 1 << 20;
 
 // ---------------------------------------------------------------------------------------
@@ -128,7 +123,7 @@ fn child_engine(socket: &Path, by_message: bool) {
         (DST_LO, (iova + 16 * MIB) as u32),
         (DST_LO + 4, ((iova + 16 * MIB) >> 32) as u32),
         (LEN, 16 * MIB as u32),
-        (CMD, COPY),
+        (CMD, CMD_COPY),
     ];
     for (offset, value) in regs {
         if client
@@ -244,7 +239,7 @@ fn healthy_session(socket: &Path, len: u64, by_message: bool) {
         (DST_LO, (iova + len) as u32),
         (DST_LO + 4, 0),
         (LEN, len as u32),
-        (CMD, COPY),
+        (CMD, CMD_COPY),
     ] {
         client
             .region_write(BAR0, offset, &value.to_le_bytes())

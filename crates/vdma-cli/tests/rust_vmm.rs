@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vdma_cli::dma_engine::registers::*;
+
 /// `vdma serve` on a fresh socket path, killed (and its directory removed) on drop.
 struct Serve {
     child: Child,
@@ -70,16 +72,6 @@ fn memfd(size: u64) -> File {
 
 const BAR0: u32 = 0;
 const CONFIG: u32 = 7;
-const SRC_LO: u64 = 0x08;
-const SRC_HI: u64 = 0x0c;
-const DST_LO: u64 = 0x10;
-const DST_HI: u64 = 0x14;
-const LEN: u64 = 0x18;
-const CMD: u64 = 0x1c;
-const STATUS: u64 = 0x20;
-const ERRNO: u64 = 0x24;
-const PATTERN: u64 = 0x2c;
-const COUNT: u64 = 0x38;
 
 fn read32(client: &mut vfio_user::Client, region: u32, offset: u64) -> u32 {
     let mut b = [0u8; 4];
