@@ -182,6 +182,11 @@ impl HostRegion {
 unsafe fn copy(src: *const u8, dst: *mut u8, len: usize) {
     // SAFETY: forwarded to the caller; unaligned accesses are explicit.
     unsafe {
+        // One compare for every bulk copy; the register-sized cases only below it.
+        if len > 8 {
+            std::ptr::copy_nonoverlapping(src, dst, len);
+            return;
+        }
         match len {
             8 => dst
                 .cast::<u64>()
