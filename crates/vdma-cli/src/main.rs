@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
+use vdma_cli::bench::{self, BenchArgs};
 use vdma_cli::probe::{self, ProbeError};
 use vdma_cli::serve::{self, DeviceKind, ServeOptions};
 use vdma_user::client::{Client, ClientError};
@@ -32,6 +33,15 @@ enum Command {
     /// types, and its PCI config space as `lspci -vv` prints it (BARs are sized by writing
     /// all ones and restored). Exits non-zero if any step failed.
     Probe(ProbeArgs),
+    /// Measure vdma against memcpy and vm-memory, side by side.
+    ///
+    /// Runs the whole suite in one process (each contender of a case in turn, round after
+    /// round) and prints a table with the median time per operation, its spread, throughput,
+    /// ratios to memcpy and vm-memory, and the targets met or missed. --quick takes under 30 s.
+    Bench(BenchArgs),
+    /// The memory-serving peer process `vdma bench` starts (not for direct use).
+    #[command(name = "bench-peer", hide = true)]
+    BenchPeer,
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +89,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve_command(args),
         Command::Probe(args) => probe_command(args),
+        Command::Bench(args) => bench_command(&args),
+        Command::BenchPeer => bench::peer_main(),
     }
 }
 
@@ -165,5 +177,15 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+}
+
+fn bench_command(args: &BenchArgs) -> ExitCode {
+    match bench::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vdma bench: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

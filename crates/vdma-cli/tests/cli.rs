@@ -751,3 +751,43 @@ fn rust_log_sets_the_level() {
     assert!(!log.contains("client connected"), "{log}");
     assert!(!log.contains("serving"), "{log}");
 }
+
+#[test]
+fn bench_quick_filtered_writes_json_with_every_contender() {
+    let dir = std::env::temp_dir().join(format!("vdma-cli-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bench.json");
+    let out = vdma(&[
+        "bench",
+        "--quick",
+        "--filter",
+        "copy_read/8B",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "vdma bench: {}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let cases = report["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 1, "the filter keeps one case");
+    assert_eq!(cases[0]["id"], "copy_read/8B");
+    let names: Vec<&str> = cases[0]["contenders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    // The other process's memory comes from `vdma bench-peer`, started by the command itself.
+    for want in ["memcpy", "vm-memory", "vdma fd", "vdma process"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    for c in cases[0]["contenders"].as_array().unwrap() {
+        assert!(c["median_ns"].as_f64().unwrap() > 0.0, "{c}");
+    }
+    assert!(
+        text(&out.stdout).contains("copy_read"),
+        "{}",
+        text(&out.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
