@@ -155,6 +155,16 @@ fn probe_command(args: ProbeArgs) -> ExitCode {
     }
 }
 
+fn bench_command(args: &BenchArgs) -> ExitCode {
+    match bench::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vdma bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,15 +187,5 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
-    }
-}
-
-fn bench_command(args: &BenchArgs) -> ExitCode {
-    match bench::run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vdma bench: {e}");
-            ExitCode::FAILURE
-        }
     }
 }
