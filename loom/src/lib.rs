@@ -1,9 +1,14 @@
 //! The read-section / grace-period protocol of `crates/vdma/src/rcu.rs`, reproduced line for
 //! line on top of a synchronization shim ([`sync`]: loom's types under `cfg(loom)`, the
-//! standard library's otherwise), so that loom can check it (`tests/rcu.rs`).
+//! standard library's otherwise), with switches ([`Variant`]) that break it on purpose.
+//!
+//! Loom checks the real rcu.rs directly (`crates/vdma/src/rcu/loom_tests.rs`). This copy exists
+//! for what the real code cannot do: be broken. `tests/rcu.rs` shows that loom, with the same
+//! harness, rejects each defect, and accepts the unbroken copy in the same configurations;
+//! `tests/in_step.rs` fails when rcu.rs's orderings change, so that this copy follows.
 //!
 //! What is the same as rcu.rs: the slot (a sequence number, odd inside a read section), the
-//! nesting depth, `enter` (Relaxed load and store of the own counter, then a fence), `exit`
+//! nesting depth, `enter` (Relaxed load of the own counter, Release store, then a fence), `exit`
 //! (compiler fence, Relaxed load, Release store), `synchronize` (snapshot of the registered
 //! slots under the registry lock, a full barrier, then for each odd slot an Acquire spin until
 //! it changes), and `RcuCell` (Acquire load, Release publish).
@@ -34,16 +39,16 @@ mod sync;
 use std::cell::Cell;
 
 pub use sync::UnsafeCell;
-use sync::{compiler_fence, fence, spin, Arc, AtomicPtr, AtomicU64, Mutex, Ordering};
+use sync::{compiler_fence, fence, spin_wait, Arc, AtomicPtr, AtomicU64, Mutex, Ordering};
 
 /// The protocol as rcu.rs has it, or with one deliberate defect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
     /// rcu.rs as it is (fallback barriers: see the crate documentation).
     Real,
-    /// rcu.rs with the fix this model found: the store that enters a read section is Release
-    /// instead of Relaxed (see `enter`).
-    EntryRelease,
+    /// rcu.rs as it was before this model found the defect: the store that enters a read
+    /// section is Relaxed instead of Release (see `enter`).
+    RelaxedEntry,
     /// The reader keeps only its compiler fence after entering, and no membarrier upgrades it
     /// (rcu.rs's `light` path with the writer's membarrier replaced by a plain fence).
     ReaderFenceMissing,
@@ -105,7 +110,7 @@ impl Domain {
             }
             let mut spins = 0u32;
             while slot.seq.load(scan) == seq {
-                spin(&mut spins);
+                spin_wait(&mut spins);
             }
         }
     }
@@ -148,15 +153,15 @@ impl Reader {
         self.depth.set(depth + 1);
         if depth == 0 {
             let seq = self.slot.seq.load(Ordering::Relaxed);
-            // rcu.rs stores Relaxed. A writer waiting for the previous section to end may read
+            // Release, as rcu.rs. A writer waiting for the previous section to end may read
             // this store (odd again) instead of that section's Release exit; reading a Relaxed
-            // store synchronizes with nothing (C++20/Rust: a release sequence holds only
+            // store would synchronize with nothing (C++20/Rust: a release sequence holds only
             // read-modify-writes), so the previous section's accesses would not happen before
-            // the writer frees what they used. Release closes that.
-            let order = if self.domain.variant == Variant::EntryRelease {
-                Ordering::Release
-            } else {
+            // the writer frees what they used.
+            let order = if self.domain.variant == Variant::RelaxedEntry {
                 Ordering::Relaxed
+            } else {
+                Ordering::Release
             };
             self.slot.seq.store(seq + 1, order);
             if self.light {

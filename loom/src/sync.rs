@@ -1,6 +1,5 @@
 //! The synchronization primitives the protocol uses: loom's under `cfg(loom)`, the standard
-//! library's otherwise. This is the shim `crates/vdma/src/rcu.rs` would import instead of
-//! `std::sync` to be checked by loom directly.
+//! library's otherwise (as `crates/vdma/src/sync.rs`, which rcu.rs imports).
 
 #[cfg(loom)]
 pub use loom::cell::UnsafeCell;
@@ -48,8 +47,9 @@ impl<T> UnsafeCell<T> {
     }
 }
 
-/// A spin-wait step: loom must be told that the thread waits for another.
-pub(crate) fn spin(spins: &mut u32) {
+/// A spin-wait step: loom must be told that the thread waits for another (rcu.rs:
+/// `crate::sync::spin_wait`).
+pub(crate) fn spin_wait(spins: &mut u32) {
     #[cfg(loom)]
     {
         let _ = spins;

@@ -1,7 +1,11 @@
-//! Loom checks of the unmap rule: a reader enters a read section, loads the current table and
-//! uses it; `unmap` publishes a new table, waits for a grace period (`synchronize`), and only
-//! then releases the old one. In every interleaving and every weak-memory outcome loom can
-//! produce, no reader may use a table after the writer released it.
+//! Loom checks of the unmap rule on a copy of rcu.rs that can be broken: a reader enters a read
+//! section, loads the current table and uses it; `unmap` publishes a new table, waits for a
+//! grace period (`synchronize`), and only then releases the old one. No reader may use a table
+//! after the writer released it.
+//!
+//! The real rcu.rs is checked in every configuration by `crates/vdma/src/rcu/loom_tests.rs`.
+//! Here: each deliberate defect is rejected, and the unbroken copy passes the same
+//! configurations (the controls), so a rejection is the defect's doing, not the harness's.
 //!
 //! "Releasing" a table writes to it (loom then reports any access not ordered before that
 //! write: a data race is a use after free) and sets an oracle that the reader asserts on when
@@ -148,57 +152,32 @@ fn check(variant: Variant, readers: usize, sections: usize, nested: bool, unmaps
     );
 }
 
-// --- the protocol as rcu.rs has it: no interleaving breaks the rule ---
+// --- controls: the copy as rcu.rs has it passes the configurations used below ---
 
 #[test]
-fn one_reader_one_unmap() {
+fn control_one_section() {
     check(Variant::Real, 1, 1, false, 1);
 }
 
 #[test]
-fn nested_sections() {
-    check(Variant::Real, 1, 1, true, 1);
+fn control_two_sections() {
+    check(Variant::Real, 1, 2, false, 1);
 }
 
-#[test]
-fn two_readers_one_unmap() {
-    check(Variant::Real, 2, 1, false, 1);
-}
+// --- what this model found in rcu.rs (now fixed there) ---
 
-// --- what this model found in rcu.rs, and the fix ---
-
-/// rcu.rs enters a section with a Relaxed store. A writer waiting for a reader's section to
-/// end (its slot odd, seq = 1) may next read the store that enters the reader's *following*
+/// rcu.rs used to enter a section with a Relaxed store. A writer waiting for a reader's section
+/// to end (its slot odd, seq = 1) may next read the store that enters the reader's *following*
 /// section (3) rather than the Release store that ended the first (2). Reading a Relaxed store
 /// synchronizes with nothing (in Rust's, C++20's, model a release sequence continues only
 /// through read-modify-writes), so the first section's use of the old table does not happen
 /// before the writer releases it: a data race on the freed memory, which loom reports.
 /// (Harmless on x86-64, where every store is a release; undefined behaviour by the language's
-/// rules.) Remove this test when rcu.rs stores Release there and `Variant::Real` follows.
+/// rules.) rcu.rs now stores Release there (`Variant::Real`, `control_two_sections`).
 #[test]
 #[should_panic(expected = "Causality violation")]
 fn finding_relaxed_entry_store_races_with_release() {
-    check(Variant::Real, 1, 2, false, 1);
-}
-
-#[test]
-fn fixed_two_sections_one_unmap() {
-    check(Variant::EntryRelease, 1, 2, false, 1);
-}
-
-#[test]
-fn fixed_two_sections_two_unmaps() {
-    check(Variant::EntryRelease, 1, 2, false, 2);
-}
-
-#[test]
-fn fixed_two_readers_two_sections() {
-    check(Variant::EntryRelease, 2, 2, false, 1);
-}
-
-#[test]
-fn fixed_nested_two_sections() {
-    check(Variant::EntryRelease, 1, 2, true, 1);
+    check(Variant::RelaxedEntry, 1, 2, false, 1);
 }
 
 // --- each deliberate defect is caught ---

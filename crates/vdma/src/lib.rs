@@ -48,6 +48,7 @@ mod pin;
 mod prot;
 mod rcu;
 mod segments;
+mod sync;
 mod table;
 mod tracking;
 

@@ -14,12 +14,19 @@
 //!
 //! Where `membarrier` is unavailable (old kernel, seccomp), readers fall back to a full fence
 //! after entering, and writers to a full fence before scanning.
+//!
+//! The synchronization primitives come from `crate::sync`: the standard library's, or loom's
+//! under `cfg(loom)`, where `rcu/loom_tests.rs` checks this very code (run with
+//! `RUSTFLAGS="--cfg loom" cargo test -p vdma --lib --release loom_`).
 
 use std::cell::Cell;
-use std::sync::atomic::{compiler_fence, fence, AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+#[cfg(not(loom))]
+use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
+use crate::sync::{
+    compiler_fence, fence, spin_wait, Arc, AtomicPtr, AtomicU64, Mutex, MutexGuard, Ordering,
+};
 
 /// A reader's sequence number, on its own cache lines.
 #[repr(align(128))]
@@ -28,19 +35,60 @@ struct Slot {
 }
 
 /// Every live reader's slot.
+#[cfg(not(loom))]
 static READERS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
 
 /// For threads whose thread-local reader is already destroyed (DMA from a TLS destructor):
 /// they share one slot, one at a time.
+#[cfg(not(loom))]
 static FALLBACK: Mutex<()> = Mutex::new(());
+#[cfg(not(loom))]
 static FALLBACK_READER: OnceLock<ReaderState> = OnceLock::new();
 
+/// The fallback reader (created, and registered, on first use).
+#[cfg(not(loom))]
+fn fallback_reader() -> &'static ReaderState {
+    FALLBACK_READER.get_or_init(ReaderState::new)
+}
+
+// Under loom the same statics, made afresh for every execution the model explores (loom's
+// objects belong to one execution, and its `Mutex::new` is not `const`).
+#[cfg(loom)]
+loom::lazy_static! {
+    static ref READERS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
+    static ref FALLBACK: Mutex<()> = Mutex::new(());
+    static ref FALLBACK_READER: ReaderState = ReaderState::new();
+}
+
+#[cfg(loom)]
+fn fallback_reader() -> &'static ReaderState {
+    &FALLBACK_READER
+}
+
 /// Whether `membarrier(PRIVATE_EXPEDITED)` is registered for this process.
+#[cfg(not(loom))]
 static MEMBARRIER: OnceLock<bool> = OnceLock::new();
 
 const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+#[cfg(not(loom))]
 const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
 
+/// Under loom, membarrier is not available: readers and writers take the fence fallback, and
+/// that is what loom checks. The fallback is real code (kernels without membarrier, seccomp),
+/// and it also stands for the membarrier path: `membarrier(PRIVATE_EXPEDITED)` returns only
+/// after every running thread of the process has executed a full memory barrier, and a thread
+/// not running has none of its accesses in flight. So each reader access before (after) the
+/// point where it was interrupted is ordered before (after) the writer's call, exactly as if the
+/// reader's compiler fence after entering were a `fence(SeqCst)` pairing with the writer's
+/// (the "asymmetric fence" use membarrier documents, and liburcu's memb flavour relies on).
+/// Every ordering between a reader's and the writer's accesses that the fence pair provides, the
+/// compiler fence plus membarrier provides too; what loom proves with fences holds for both.
+#[cfg(loom)]
+fn membarrier_registered() -> bool {
+    false
+}
+
+#[cfg(not(loom))]
 fn membarrier_registered() -> bool {
     *MEMBARRIER.get_or_init(|| {
         // SAFETY: membarrier takes a command and flags and has no memory arguments.
@@ -155,7 +203,9 @@ struct Reader(ReaderState);
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        CURRENT.with(|c| c.set(DEAD));
+        // `try_with`: with std, `CURRENT` has no destructor and is always there; loom destroys
+        // a thread's locals together, so it may be gone when this runs.
+        let _ = CURRENT.try_with(|c| c.set(DEAD));
         let mut readers = READERS.lock().unwrap_or_else(|e| e.into_inner());
         readers.retain(|s| !Arc::ptr_eq(s, &self.0.slot));
     }
@@ -165,6 +215,7 @@ impl Drop for Reader {
 /// destructor): such sections use the shared fallback reader.
 const DEAD: *const ReaderState = 1 as *const ReaderState;
 
+#[cfg(not(loom))]
 thread_local! {
     static OWNER: Reader = Reader(ReaderState::new());
     /// This thread's reader state, for the fast path: null until first use, `DEAD` after.
@@ -172,11 +223,18 @@ thread_local! {
     static CURRENT: Cell<*const ReaderState> = const { Cell::new(std::ptr::null()) };
 }
 
+// Loom's thread-locals, per loom thread and execution; loom's macro takes no `const` block.
+#[cfg(loom)]
+loom::thread_local! {
+    static OWNER: Reader = Reader(ReaderState::new());
+    static CURRENT: Cell<*const ReaderState> = Cell::new(std::ptr::null());
+}
+
 /// Proof of being inside a read section; what is loaded from an [`RcuCell`] lives as long as
 /// it. Not `Send`: it belongs to the thread that entered.
 pub(crate) struct Guard {
     state: *const ReaderState,
-    _fallback: Option<std::sync::MutexGuard<'static, ()>>,
+    _fallback: Option<MutexGuard<'static, ()>>,
 }
 
 impl Guard {
@@ -233,7 +291,7 @@ fn enter_slow() -> Guard {
         }
     }
     let lock = FALLBACK.lock().unwrap_or_else(|e| e.into_inner());
-    let state: &'static ReaderState = FALLBACK_READER.get_or_init(ReaderState::new);
+    let state: &'static ReaderState = fallback_reader();
     state.enter();
     Guard {
         state,
@@ -273,27 +331,24 @@ pub(crate) fn synchronize() {
         }
         let mut spins = 0u32;
         while slot.seq.load(Ordering::Acquire) == seq {
-            spins += 1;
-            if spins < 128 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+            spin_wait(&mut spins);
         }
     }
 }
 
 /// A pointer that readers load inside a read section and writers replace. It does not own what
-/// it points to: the writer keeps the value alive until a grace period after replacing it.
+/// it points to: the writer keeps the value alive until a grace period after replacing it. The
+/// values are in `std` `Arc`s (the tables are ordinary memory, even under loom); the pointer is
+/// `crate::sync`'s.
 pub(crate) struct RcuCell<T> {
     ptr: AtomicPtr<T>,
 }
 
 impl<T> RcuCell<T> {
     /// A cell pointing at `value`, which the caller keeps alive.
-    pub(crate) fn new(value: &Arc<T>) -> RcuCell<T> {
+    pub(crate) fn new(value: &std::sync::Arc<T>) -> RcuCell<T> {
         RcuCell {
-            ptr: AtomicPtr::new(Arc::as_ptr(value) as *mut T),
+            ptr: AtomicPtr::new(std::sync::Arc::as_ptr(value) as *mut T),
         }
     }
 
@@ -308,8 +363,11 @@ impl<T> RcuCell<T> {
 
     /// Publishes `value`, which the caller keeps alive until it is replaced and a grace period
     /// has passed.
-    pub(crate) fn publish(&self, value: &Arc<T>) {
+    pub(crate) fn publish(&self, value: &std::sync::Arc<T>) {
         self.ptr
-            .store(Arc::as_ptr(value) as *mut T, Ordering::Release);
+            .store(std::sync::Arc::as_ptr(value) as *mut T, Ordering::Release);
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests;
