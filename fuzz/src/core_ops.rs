@@ -1,7 +1,7 @@
 //! The `core_ops` target: arbitrary sequences of `map`, `unmap`, `unmap_all`, `unmap_dirty`,
 //! reads, writes and dirty tracking (`dirty_start`, `dirty_report`, `dirty_stop`) against a
-//! real [`Container`] and a plain reference model, with the rules of
-//! `crates/vdma/tests/model.rs` (semantics §1, §3, §5). After every operation both agree on the
+//! real [`Container`] and the reference model of `crates/vdma-model` (semantics §1, §3, §5),
+//! the one `crates/vdma/tests/model.rs` uses. After every operation both agree on the
 //! result (the value or the errno), the bytes read, the list of mappings, the dirty bitmaps,
 //! and (after every write) the bytes in every mapping's memory, read straight from the memory.
 //!
@@ -12,18 +12,12 @@
 //! Input format: a [`Setup`], then [`Op`]s until the data runs out (at most [`MAX_OPS`]), each
 //! read with the `arbitrary` crate. [`encode`] is the inverse, for writing seeds.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
-use std::fs::File;
-use std::os::fd::FromRawFd;
-use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
-
 use arbitrary::{Arbitrary, Unstructured};
 use vdma::{
-    Backing, Config, Container, DeviceHandle, DeviceId, Direction, Error, GroupHandle, GroupId,
-    Iova, Memory, OwnedMemory, Prot,
+    Config, Container, DeviceHandle, DeviceId, Direction, GroupHandle, GroupId, Iova, IovaRange,
+    Prot,
 };
+use vdma_model::{check_bitmap, Memories, MemoryKind, Model, Verdict};
 
 /// The address space's page size.
 pub const PS: u64 = 4096;
@@ -244,53 +238,7 @@ pub fn run(data: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Memory the test owns.
-
-fn memfd(name: &str) -> File {
-    let name = CString::new(name).unwrap();
-    // SAFETY: a valid NUL-terminated name and flags; the result is checked.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: the descriptor is new and owned by nobody else.
-    unsafe { File::from_raw_fd(fd) }
-}
-
-/// Memory with no host address: `dma_rw` must go through `read_at`/`write_at`. An access
-/// outside it fails the case.
-#[derive(Debug)]
-struct MsgMemory {
-    bytes: Mutex<Vec<u8>>,
-}
-
-impl MsgMemory {
-    fn range(&self, offset: u64, len: usize) -> std::ops::Range<usize> {
-        let n = self.bytes.lock().unwrap().len();
-        let start = offset as usize;
-        assert!(
-            start <= n && len <= n - start,
-            "vdma accessed [{offset:#x}, +{len:#x}) of a memory of {n:#x} bytes"
-        );
-        start..start + len
-    }
-}
-
-impl Memory for MsgMemory {
-    fn len(&self) -> u64 {
-        self.bytes.lock().unwrap().len() as u64
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> vdma::Result<()> {
-        let r = self.range(offset, buf.len());
-        buf.copy_from_slice(&self.bytes.lock().unwrap()[r]);
-        Ok(())
-    }
-
-    fn write_at(&self, offset: u64, buf: &[u8]) -> vdma::Result<()> {
-        let r = self.range(offset, buf.len());
-        self.bytes.lock().unwrap()[r].copy_from_slice(buf);
-        Ok(())
-    }
-}
+// The model next to the container.
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     let mut x = u32::from(seed).wrapping_mul(0x9e37_79b9) | 1;
@@ -304,60 +252,14 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-// ---------------------------------------------------------------------------------------------
-// The model next to the container.
-
-/// Where a mapping's bytes really are.
-enum Real {
-    Owned(Arc<OwnedMemory>, u64),
-    /// Offset in the case's memfd.
-    File(u64),
-    Msg(Arc<MsgMemory>, u64),
-}
-
-struct Mapped {
-    size: u64,
-    prot: Prot,
-    data: Vec<u8>,
-    real: Real,
-    /// Tracking pages written since the last report that covered this mapping.
-    dirty: BTreeSet<u64>,
-}
-
-impl Mapped {
-    fn last(&self, start: u64) -> u64 {
-        start + (self.size - 1)
-    }
-}
-
-/// The model's verdict on an access.
-enum Verdict {
-    /// Success: `(mapping start, first iova, last iova)` in order.
-    Ok(Vec<(u64, u64, u64)>),
-    /// Failure with one of `allowed`; a hole error must name `first_hole`.
-    Err {
-        allowed: BTreeSet<i32>,
-        first_hole: Option<u64>,
-    },
-}
-
 struct Harness {
     base: u64,
-    max_entries: usize,
     space: Container,
     group: GroupHandle,
     device: DeviceHandle,
-    file: File,
-    file_len: u64,
-    file_next: u64,
-    model: BTreeMap<u64, Mapped>,
-    /// The tracking page shift, while tracking.
-    tracking: Option<u32>,
+    memories: Memories,
+    model: Model,
     step: usize,
-}
-
-fn errno<T>(r: &vdma::Result<T>) -> Result<&T, i32> {
-    r.as_ref().map_err(Error::errno)
 }
 
 impl Harness {
@@ -382,192 +284,25 @@ impl Harness {
         let device = space.device_handle(&DeviceId::new("0000:00:01.0")).unwrap();
         Harness {
             base,
-            max_entries,
             space,
             group,
             device,
-            file: memfd("vdma-fuzz"),
-            file_len: 0,
-            file_next: 0,
-            model: BTreeMap::new(),
-            tracking: None,
+            memories: Memories::new("vdma-fuzz", PS),
+            model: Model::new(PS, max_entries, vec![IovaRange::ALL]),
             step: 0,
         }
     }
 
-    fn real_bytes(&self, m: &Mapped) -> Vec<u8> {
-        let mut buf = vec![0u8; m.size as usize];
-        match &m.real {
-            Real::Owned(mem, off) => mem.read_at(*off, &mut buf).unwrap(),
-            Real::Msg(mem, off) => mem.read_at(*off, &mut buf).unwrap(),
-            Real::File(off) => self.file.read_exact_at(&mut buf, *off).unwrap(),
-        }
-        buf
-    }
-
-    fn check_contents(&self, what: &str) {
-        for (&start, m) in &self.model {
-            let real = self.real_bytes(m);
-            if real != m.data {
-                let at = real.iter().zip(&m.data).position(|(a, b)| a != b).unwrap();
-                panic!(
-                    "step {}: after {what}, the mapping at {start:#x} holds {:#04x} at iova {:#x}, \
-                     the model {:#04x}",
-                    self.step,
-                    real[at],
-                    start + at as u64,
-                    m.data[at]
-                );
-            }
+    /// Panics with `what`, the step and why, if `r` says the container and the model differ.
+    #[track_caller]
+    fn check(&self, what: &str, r: Result<(), String>) {
+        if let Err(why) = r {
+            panic!("step {}: {what}: {why}", self.step);
         }
     }
 
     fn check_mappings(&self) {
-        let real: Vec<(u64, u64, Prot)> = self
-            .space
-            .mappings()
-            .iter()
-            .map(|i| (i.iova.0, i.size, i.prot))
-            .collect();
-        let model: Vec<(u64, u64, Prot)> = self
-            .model
-            .iter()
-            .map(|(&s, m)| (s, m.size, m.prot))
-            .collect();
-        assert_eq!(real, model, "step {}: mappings differ", self.step);
-    }
-
-    // --- the model's rules ---
-
-    fn expect_map(&self, iova: u64, size: u64, offset: u64, prot: Prot, backing_len: u64) -> i32 {
-        if size == 0
-            || !iova.is_multiple_of(PS)
-            || !size.is_multiple_of(PS)
-            || !offset.is_multiple_of(PS)
-            || prot.is_empty()
-        {
-            return libc::EINVAL;
-        }
-        let Some(last) = iova.checked_add(size - 1) else {
-            return libc::EINVAL;
-        };
-        if self
-            .model
-            .iter()
-            .any(|(&s, m)| s <= last && iova <= m.last(s))
-        {
-            return libc::EEXIST;
-        }
-        if self.model.len() >= self.max_entries {
-            return libc::ENOSPC;
-        }
-        if !matches!(offset.checked_add(size), Some(end) if end <= backing_len) {
-            return libc::EINVAL;
-        }
-        0
-    }
-
-    /// The starts of the mappings `[start, last]` removes, or EINVAL if one straddles an end.
-    fn expect_remove(&self, start: u64, last: u64) -> Result<Vec<u64>, i32> {
-        for (&s, m) in &self.model {
-            let overlaps = s <= last && start <= m.last(s);
-            if overlaps && (s < start || m.last(s) > last) {
-                return Err(libc::EINVAL);
-            }
-        }
-        Ok(self.model.range(start..=last).map(|(&s, _)| s).collect())
-    }
-
-    /// `iova` and `size` as `unmap` checks them: the last iova, or EINVAL.
-    fn range_last(iova: u64, size: u64) -> Result<u64, i32> {
-        if size == 0 || !iova.is_multiple_of(PS) || !size.is_multiple_of(PS) {
-            return Err(libc::EINVAL);
-        }
-        iova.checked_add(size - 1).ok_or(libc::EINVAL)
-    }
-
-    fn expect_access(&self, iova: u64, len: usize, need: Prot) -> Verdict {
-        let fail = |errno: i32| Verdict::Err {
-            allowed: BTreeSet::from([errno]),
-            first_hole: None,
-        };
-        if len == 0 {
-            return fail(libc::EINVAL);
-        }
-        let Some(last) = iova.checked_add(len as u64 - 1) else {
-            return fail(libc::EOVERFLOW);
-        };
-        let mut problems = Vec::new();
-        let mut first_hole = None;
-        let mut pieces = Vec::new();
-        let mut at = iova;
-        loop {
-            let covering = self
-                .model
-                .range(..=at)
-                .next_back()
-                .filter(|(&s, m)| m.last(s) >= at);
-            let Some((&s, m)) = covering else {
-                problems.push(libc::EINVAL);
-                first_hole.get_or_insert(at);
-                match self.model.range(at..).next() {
-                    Some((&next, _)) if next <= last => {
-                        at = next;
-                        continue;
-                    }
-                    _ => break,
-                }
-            };
-            if !m.prot.contains(need) {
-                problems.push(libc::EPERM);
-            }
-            let end = m.last(s).min(last);
-            pieces.push((s, at, end));
-            if end == last {
-                break;
-            }
-            at = end + 1;
-        }
-        if problems.is_empty() {
-            return Verdict::Ok(pieces);
-        }
-        let mut allowed = BTreeSet::from([problems[0]]);
-        if first_hole.is_some() {
-            allowed.insert(libc::EINVAL);
-        }
-        Verdict::Err {
-            allowed,
-            first_hole,
-        }
-    }
-
-    fn check_access_error(&self, what: &str, err: &Error, verdict: &Verdict) {
-        match verdict {
-            Verdict::Ok(_) => panic!(
-                "step {}: {what} failed with {err} (errno {}), the model says it succeeds",
-                self.step,
-                err.errno()
-            ),
-            Verdict::Err {
-                allowed,
-                first_hole,
-            } => {
-                assert!(
-                    allowed.contains(&err.errno()),
-                    "step {}: {what} failed with {err} (errno {}), the model allows {allowed:?}",
-                    self.step,
-                    err.errno()
-                );
-                if let Error::NotMapped { iova } = err {
-                    assert_eq!(
-                        Some(iova.0),
-                        *first_hole,
-                        "step {}: {what} must name the first unmapped iova",
-                        self.step
-                    );
-                }
-            }
-        }
+        self.check("mappings", self.model.check_mappings(&self.space));
     }
 
     /// A page of the window (`page mod 18`, from one page before it), and `1 + pages mod 8`
@@ -589,20 +324,17 @@ impl Harness {
 
     /// Removes what the container removed and checks the byte count.
     fn removed(&mut self, what: &str, got: &vdma::Result<u64>, want: &Result<Vec<u64>, i32>) {
-        match (errno(got), want) {
-            (Ok(&bytes), Ok(starts)) => {
-                let mut sum = 0;
-                for s in starts {
-                    sum += self.model.remove(s).unwrap().size;
-                }
+        match (got, want) {
+            (Ok(bytes), Ok(starts)) => {
+                let sum = self.model.remove(starts);
                 assert_eq!(
-                    bytes, sum,
+                    *bytes, sum,
                     "step {}: {what} removed a different size",
                     self.step
                 );
             }
             (got, want) => assert_eq!(
-                got.map(|_| ()),
+                got.as_ref().map(|_| ()).map_err(|e| e.errno()),
                 want.as_ref().map(|_| ()).map_err(|e| *e),
                 "step {}: {what}",
                 self.step
@@ -630,12 +362,12 @@ impl Harness {
                     7 => size += 1 + u64::from(pages) * 11,
                     _ => {}
                 }
-                let want = Self::range_last(iova, size).and_then(|l| self.expect_remove(iova, l));
+                let want = self.model.expect_unmap(iova, size);
                 let got = self.space.unmap(Iova(iova), size);
                 self.removed(&format!("unmap({iova:#x}, {size:#x})"), &got, &want);
             }
             Op::UnmapAll => {
-                let want = self.expect_remove(0, u64::MAX);
+                let want = self.model.expect_unmap_all();
                 let got = self.space.unmap_all();
                 self.removed("unmap_all()", &got, &want);
             }
@@ -653,31 +385,14 @@ impl Harness {
                     4 => 5000,
                     k => PS << k,
                 };
-                let shift = page_size.trailing_zeros();
-                let want = if !page_size.is_power_of_two() || page_size < PS {
-                    Err(libc::EINVAL)
-                } else {
-                    match self.tracking {
-                        Some(s) if s != shift => Err(libc::EINVAL),
-                        _ => Ok(()),
-                    }
-                };
                 let got = self.space.dirty_start(page_size).map_err(|e| e.errno());
+                let want = self.model.dirty_start(page_size);
                 assert_eq!(got, want, "step {}: dirty_start({page_size})", self.step);
-                if want.is_ok() && self.tracking.is_none() {
-                    self.tracking = Some(shift);
-                    for m in self.model.values_mut() {
-                        m.dirty.clear();
-                    }
-                }
             }
             Op::DirtyReport { page, pages, other } => self.report(page, pages, other),
             Op::DirtyStop => {
                 self.space.dirty_stop().unwrap();
-                self.tracking = None;
-                for m in self.model.values_mut() {
-                    m.dirty.clear();
-                }
+                self.model.dirty_stop();
             }
         }
     }
@@ -704,70 +419,30 @@ impl Harness {
             Flaw::OffsetOff => offset += off,
             Flaw::None | Flaw::Short => {}
         }
-        let short = flaw == Flaw::Short;
         let prot = Prot::from_bits(prot % 4).unwrap();
-        let (backing, backing_len, real, data) = match kind {
-            Kind::Owned | Kind::Msg => {
-                let len = (offset + size - u64::from(short)).max(1);
-                let bytes = pattern(fill, len as usize);
-                let data = bytes
-                    .get(offset as usize..(offset + size) as usize)
-                    .map(<[u8]>::to_vec);
-                if kind == Kind::Owned {
-                    let mem = Arc::new(OwnedMemory::new(len as usize).unwrap());
-                    mem.write_at(0, &bytes).unwrap();
-                    let backing = Backing::memory(mem.clone(), offset);
-                    (backing, len, Real::Owned(mem, offset), data)
-                } else {
-                    let mem = Arc::new(MsgMemory {
-                        bytes: Mutex::new(bytes),
-                    });
-                    let backing = Backing::memory(mem.clone(), offset);
-                    (backing, len, Real::Msg(mem, offset), data)
-                }
-            }
-            Kind::File => {
-                let foff = if short {
-                    // Past the end of the file: nothing there to back it.
-                    self.file_next.max(self.file_len).next_multiple_of(PS) + offset
-                } else {
-                    self.file_next + offset
-                };
-                let mut data = None;
-                if !short {
-                    if self.file_len < foff + size {
-                        self.file_len = foff + size;
-                        self.file.set_len(self.file_len).unwrap();
-                    }
-                    let bytes = pattern(fill, size as usize);
-                    self.file.write_all_at(&bytes, foff).unwrap();
-                    data = Some(bytes);
-                }
-                self.file_next = (foff + size).next_multiple_of(PS) + PS;
-                let backing = Backing::file(&self.file, foff);
-                (backing, self.file_len, Real::File(foff), data)
-            }
+        let memory = match kind {
+            Kind::Owned => MemoryKind::Owned,
+            Kind::File => MemoryKind::File,
+            Kind::Msg => MemoryKind::Msg,
         };
-        let want = self.expect_map(iova, size, backing.offset(), prot, backing_len);
-        let got = self.space.map(Iova(iova), size, backing, prot);
+        let made = self
+            .memories
+            .make(memory, offset, size, flaw == Flaw::Short, |n| {
+                pattern(fill, n)
+            });
+        let want = self
+            .model
+            .expect_map(iova, size, made.backing.offset(), prot, made.backing_len);
+        let got = self.space.map(Iova(iova), size, made.backing, prot);
         assert_eq!(
-            errno(&got).err().unwrap_or(0),
+            got.as_ref().err().map_or(0, |e| e.errno()),
             want,
             "step {}: map({iova:#x}, {size:#x}, {kind:?} offset {offset:#x}, {prot:?}): {got:?}",
             self.step
         );
         if got.is_ok() {
-            let data = data.expect("a map the model accepts has its bytes");
-            self.model.insert(
-                iova,
-                Mapped {
-                    size,
-                    prot,
-                    data,
-                    real,
-                    dirty: BTreeSet::new(),
-                },
-            );
+            let data = made.data.expect("a map the model accepts has its bytes");
+            self.model.insert(iova, size, prot, data, made.real);
         }
         self.check_mappings();
     }
@@ -781,18 +456,13 @@ impl Harness {
 
     fn read(&mut self, at: u16, len: u16, device: bool) {
         let (iova, len) = self.access(at, len);
-        let verdict = self.expect_access(iova, len, Prot::READ);
+        let verdict = self.model.expect_access(iova, len, Prot::READ, false);
         let mut buf = vec![UNTOUCHED; len];
         let r = self.dma(device, iova, &mut buf, Direction::Read);
         let what = format!("read({iova:#x}, {len:#x})");
         match (&r, &verdict) {
             (Ok(()), Verdict::Ok(pieces)) => {
-                let mut want = Vec::with_capacity(len);
-                for &(s, from, to) in pieces {
-                    want.extend_from_slice(
-                        &self.model[&s].data[(from - s) as usize..=(to - s) as usize],
-                    );
-                }
+                let want = self.model.read(pieces);
                 if buf != want {
                     let at = buf.iter().zip(&want).position(|(a, b)| a != b).unwrap();
                     panic!(
@@ -809,7 +479,7 @@ impl Harness {
                 self.step
             ),
             (Err(e), v) => {
-                self.check_access_error(&what, e, v);
+                self.check(&what, v.check_error(e));
                 assert!(
                     buf.iter().all(|&b| b == UNTOUCHED),
                     "step {}: the failed {what} changed the buffer",
@@ -821,84 +491,37 @@ impl Harness {
 
     fn write(&mut self, at: u16, len: u16, device: bool, fill: u8) {
         let (iova, len) = self.access(at, len);
-        let verdict = self.expect_access(iova, len, Prot::WRITE);
+        let verdict = self.model.expect_access(iova, len, Prot::WRITE, false);
         let mut buf = pattern(fill.wrapping_add(0x55), len);
         let sent = buf.clone();
         let r = self.dma(device, iova, &mut buf, Direction::Write);
         let what = format!("write({iova:#x}, {len:#x})");
         assert!(buf == sent, "step {}: {what} changed its buffer", self.step);
         match (&r, &verdict) {
-            (Ok(()), Verdict::Ok(pieces)) => {
-                let mut done = 0;
-                for &(s, from, to) in pieces {
-                    let m = self.model.get_mut(&s).unwrap();
-                    let n = (to - from + 1) as usize;
-                    let o = (from - s) as usize;
-                    m.data[o..o + n].copy_from_slice(&sent[done..done + n]);
-                    done += n;
-                    if let Some(shift) = self.tracking {
-                        m.dirty.extend(from >> shift..=to >> shift);
-                    }
-                }
-            }
+            (Ok(()), Verdict::Ok(pieces)) => self.model.write(pieces, &sent),
             (Ok(()), Verdict::Err { allowed, .. }) => panic!(
                 "step {}: {what} succeeded, the model expects errno {allowed:?}",
                 self.step
             ),
-            (Err(e), v) => self.check_access_error(&what, e, v),
+            (Err(e), v) => self.check(&what, v.check_error(e)),
         }
-        self.check_contents(&what);
-    }
-
-    /// The dirty pages of the mappings starting at `starts`, relative to `iova`, cleared.
-    fn take_dirty(&mut self, starts: &[u64], iova: u64, shift: u32) -> BTreeSet<u64> {
-        let base = iova >> shift;
-        let mut bits = BTreeSet::new();
-        for s in starts {
-            let m = self.model.get_mut(s).unwrap();
-            bits.extend(m.dirty.iter().map(|p| p - base));
-            m.dirty.clear();
-        }
-        bits
-    }
-
-    fn check_bitmap(&self, what: &str, got: &vdma::Bitmap, pages: u64, want: &BTreeSet<u64>) {
-        assert_eq!(
-            got.pages(),
-            pages,
-            "step {}: {what}: bitmap size",
-            self.step
+        self.check(
+            &format!("after {what}"),
+            self.model.check_contents(&self.memories),
         );
-        let bits: BTreeSet<u64> = got.iter_set().collect();
-        assert_eq!(&bits, want, "step {}: {what}: dirty pages", self.step);
     }
 
     fn unmap_dirty(&mut self, page: u8, pages: u8) {
         let (iova, size) = self.range(page, pages);
         let what = format!("unmap_dirty({iova:#x}, {size:#x})");
         let got = self.space.unmap_dirty(Iova(iova), size);
-        let last = match (Self::range_last(iova, size), self.tracking) {
-            (Err(e), _) => Err(e),
-            (Ok(_), None) => Err(libc::EINVAL),
-            (Ok(last), Some(shift)) => {
-                let mask = (1u64 << shift) - 1;
-                if iova & mask != 0 || size & mask != 0 {
-                    Err(libc::EINVAL)
-                } else {
-                    Ok(last)
-                }
-            }
-        };
-        let want = last.and_then(|last| self.expect_remove(iova, last));
+        let want = self.model.expect_unmap_dirty(iova, size);
         match (got, want) {
             (Ok((bytes, bitmap)), Ok(starts)) => {
-                let shift = self.tracking.unwrap();
-                let bits = self.take_dirty(&starts, iova, shift);
-                self.check_bitmap(&what, &bitmap, size >> shift, &bits);
-                let mut sum = 0;
-                for s in &starts {
-                    sum += self.model.remove(s).unwrap().size;
-                }
+                let shift = self.model.tracking().unwrap();
+                let bits = self.model.take_dirty(&starts, iova);
+                self.check(&what, check_bitmap(&bitmap, size >> shift, &bits));
+                let sum = self.model.remove(&starts);
                 assert_eq!(
                     bytes, sum,
                     "step {}: {what} removed a different size",
@@ -917,29 +540,15 @@ impl Harness {
 
     fn report(&mut self, page: u8, pages: u8, other: bool) {
         let (iova, size) = self.range(page, pages);
-        let page_size = self.tracking.map_or(PS, |s| 1 << s) << u32::from(other);
+        let page_size = self.model.tracking().map_or(PS, |s| 1 << s) << u32::from(other);
         let what = format!("dirty_report({iova:#x}, {size:#x}, {page_size:#x})");
         let got = self.space.dirty_report(Iova(iova), size, page_size);
-        let want = match self.tracking {
-            None => Err(libc::EINVAL),
-            Some(_) if other => Err(libc::EINVAL),
-            Some(shift) => {
-                let mask = (1u64 << shift) - 1;
-                if iova & mask != 0 || size & mask != 0 {
-                    Err(libc::EINVAL)
-                } else {
-                    match iova.checked_add(size - 1) {
-                        None => Err(libc::EINVAL),
-                        Some(last) => self.expect_remove(iova, last),
-                    }
-                }
-            }
-        };
+        let want = self.model.expect_report(iova, size, page_size);
         match (got, want) {
             (Ok(bitmap), Ok(starts)) => {
-                let shift = self.tracking.unwrap();
-                let bits = self.take_dirty(&starts, iova, shift);
-                self.check_bitmap(&what, &bitmap, size >> shift, &bits);
+                let shift = self.model.tracking().unwrap();
+                let bits = self.model.take_dirty(&starts, iova);
+                self.check(&what, check_bitmap(&bitmap, size >> shift, &bits));
             }
             (got, want) => assert_eq!(
                 got.map(|_| ()).map_err(|e| e.errno()),

@@ -1,7 +1,7 @@
 //! Model-based test of the address space (semantics.md §1–3).
 //!
-//! A plain reference model (a `BTreeMap` from start IOVA to size, protection and contents) and a
-//! real [`Container`] run the same random sequences of `map`, `unmap`, `unmap_all`, `dma_rw`
+//! The reference model of `crates/vdma-model` (start IOVA to size, protection and contents; the
+//! one the `core_ops` fuzz target uses too) and a real [`Container`] run the same random sequences of `map`, `unmap`, `unmap_all`, `dma_rw`
 //! reads and writes (through group and device handles, `dma_rw` and `read`/`write`) and
 //! `translate`. After every operation both must agree on the result (the `Ok` value or the
 //! errno), on the bytes read, on the list of mappings, and after every write on the contents of
@@ -15,7 +15,7 @@
 //! mappings of one file are shared), or memory without a host address that is reached through
 //! `read_at`/`write_at` only.
 //!
-//! Rules as the model has them: `map` checks in the order of §1 (zero or misaligned size, iova
+//! Rules as the model has them (`vdma_model::Model`): `map` checks in the order of §1 (zero or misaligned size, iova
 //! or offset; empty prot; wrap; overlap EEXIST; entry limit ENOSPC; valid ranges; memory too
 //! short), `unmap` follows type1 v2 (zero, misaligned or wrapping: EINVAL; a straddled mapping:
 //! EINVAL and nothing removed; else the bytes removed, 0 for an empty range), `dma_rw` and
@@ -26,9 +26,6 @@
 //! that `translate` hands out are sometimes kept across later operations: an unmap of a held
 //! mapping must then fail with EBUSY (after `Config::busy_timeout`) and remove nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,9 +37,10 @@ use vdma::{
     Backing, Config, Container, DeviceHandle, Direction, Error, GroupHandle, GroupId, Iova,
     IovaRange, Memory, OwnedMemory, Prot, Segments,
 };
+use vdma_model::{Memories, MemoryKind, Model, Real, Verdict};
 
 mod common;
-use common::{group, memfd, space, space_with_handles, MsgMemory};
+use common::{group, space, space_with_handles};
 
 /// Pages in the IOVA window of one case.
 const WINDOW_PAGES: u64 = 64;
@@ -365,59 +363,20 @@ fn case_strategy() -> impl Strategy<Value = (Setup, Vec<Op>)> {
 // ---------------------------------------------------------------------------------------------
 // The harness: the model next to the real container.
 
-/// Where a mapping's bytes really are, to check them without going through vdma.
-enum Real {
-    Owned(Arc<OwnedMemory>, u64),
-    /// Offset of the mapping's first byte in the case's memfd.
-    File(u64),
-    Msg(Arc<MsgMemory>, u64),
-}
-
-struct Mapped {
-    size: u64,
-    prot: Prot,
-    /// What the model says the mapping's memory holds.
-    data: Vec<u8>,
-    real: Real,
-}
-
-impl Mapped {
-    fn last(&self, start: u64) -> u64 {
-        start + (self.size - 1)
-    }
-}
-
-/// The model's verdict on an access (`dma_rw` or `translate`).
-enum Verdict {
-    /// Success: the pieces `(mapping start, first iova, last iova)` in order.
-    Ok(Vec<(u64, u64, u64)>),
-    /// Failure with one of `allowed`; if it is a hole, the error must name `first_hole`.
-    Err {
-        allowed: BTreeSet<i32>,
-        first_hole: Option<u64>,
-    },
-}
-
 struct Harness {
     setup: Setup,
-    ranges: Vec<IovaRange>,
     space: Container,
     group: GroupHandle,
     device: DeviceHandle,
-    file: File,
-    file_len: u64,
-    file_next: u64,
-    model: BTreeMap<u64, Mapped>,
-    held: Option<(Segments, BTreeSet<u64>)>,
+    memories: Memories,
+    model: Model,
+    /// Segments kept from a `Translate` (the model knows which mappings they hold).
+    held: Option<Segments>,
     step: usize,
 }
 
 fn errno<T>(r: &vdma::Result<T>) -> std::result::Result<&T, i32> {
     r.as_ref().map_err(Error::errno)
-}
-
-fn round_up(v: u64, to: u64) -> u64 {
-    v.div_ceil(to) * to
 }
 
 fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
@@ -449,15 +408,12 @@ impl Harness {
             "0000:00:03.0",
         );
         Harness {
+            memories: Memories::new("vdma-model", ps),
+            model: Model::new(ps, setup.max_entries, ranges),
             setup,
-            ranges,
             space,
             group,
             device,
-            file: memfd("vdma-model", 0),
-            file_len: 0,
-            file_next: 0,
-            model: BTreeMap::new(),
             held: None,
             step: 0,
         }
@@ -467,217 +423,27 @@ impl Harness {
         self.setup.page_size
     }
 
-    /// The bytes really in a mapping's memory.
-    fn real_bytes(&self, m: &Mapped) -> Vec<u8> {
-        let mut buf = vec![0u8; m.size as usize];
-        match &m.real {
-            Real::Owned(mem, off) => mem.read_at(*off, &mut buf).unwrap(),
-            Real::Msg(mem, off) => mem.read_at(*off, &mut buf).unwrap(),
-            Real::File(off) => self.file.read_exact_at(&mut buf, *off).unwrap(),
-        }
-        buf
+    /// A failure of the case, if `r` says the container and the model differ.
+    fn check(&self, what: &str, r: Result<(), String>) -> Result<(), TestCaseError> {
+        r.map_err(|why| TestCaseError::fail(format!("step {}: {what}: {why}", self.step)))
     }
 
     /// Every mapping's memory holds what the model says.
     fn check_contents(&self, what: &str) -> Result<(), TestCaseError> {
-        for (&start, m) in &self.model {
-            let real = self.real_bytes(m);
-            if real != m.data {
-                let at = real.iter().zip(&m.data).position(|(a, b)| a != b).unwrap();
-                return Err(TestCaseError::fail(format!(
-                    "step {}: after {what}, the memory of the mapping at {start:#x} differs from \
-                     the model at iova {:#x}: {:#04x} instead of {:#04x}",
-                    self.step,
-                    start + at as u64,
-                    real[at],
-                    m.data[at]
-                )));
-            }
-        }
-        Ok(())
+        self.check(
+            &format!("after {what}"),
+            self.model.check_contents(&self.memories),
+        )
     }
 
     fn check_mappings(&self) -> Result<(), TestCaseError> {
-        let real: Vec<(u64, u64, Prot)> = self
-            .space
-            .mappings()
-            .iter()
-            .map(|i| (i.iova.0, i.size, i.prot))
-            .collect();
-        let model: Vec<(u64, u64, Prot)> = self
-            .model
-            .iter()
-            .map(|(&s, m)| (s, m.size, m.prot))
-            .collect();
-        prop_assert_eq!(real, model, "step {}: mappings differ", self.step);
-        Ok(())
+        self.check("mappings", self.model.check_mappings(&self.space))
     }
 
-    // --- the model's rules ---
-
-    /// `map` (§1), checked in the spec's order.
-    fn expect_map(&self, iova: u64, size: u64, offset: u64, prot: Prot, backing_len: u64) -> i32 {
-        let ps = self.ps();
-        if size == 0 || iova % ps != 0 || size % ps != 0 || offset % ps != 0 {
-            return libc::EINVAL;
-        }
-        if prot.is_empty() {
-            return libc::EINVAL;
-        }
-        let Some(last) = iova.checked_add(size - 1) else {
-            return libc::EINVAL;
-        };
-        if self
-            .model
-            .iter()
-            .any(|(&s, m)| s <= last && iova <= m.last(s))
-        {
-            return libc::EEXIST;
-        }
-        if self.model.len() >= self.setup.max_entries {
-            return libc::ENOSPC;
-        }
-        if !self
-            .ranges
-            .iter()
-            .any(|r| r.start.0 <= iova && last <= r.last.0)
-        {
-            return libc::EINVAL;
-        }
-        if !matches!(offset.checked_add(size), Some(end) if end <= backing_len) {
-            return libc::EINVAL;
-        }
-        0
-    }
-
-    /// Removing `[start, last]` (§1, type1 v2): the starts of the mappings removed.
-    fn expect_remove(&self, start: u64, last: u64) -> std::result::Result<Vec<u64>, i32> {
-        for (&s, m) in &self.model {
-            let overlaps = s <= last && start <= m.last(s);
-            if overlaps && (s < start || m.last(s) > last) {
-                return Err(libc::EINVAL);
-            }
-        }
-        let inside: Vec<u64> = self.model.range(start..=last).map(|(&s, _)| s).collect();
-        if let Some((_, held)) = &self.held {
-            if inside.iter().any(|s| held.contains(s)) {
-                return Err(libc::EBUSY);
-            }
-        }
-        Ok(inside)
-    }
-
-    fn expect_unmap(&self, iova: u64, size: u64) -> std::result::Result<Vec<u64>, i32> {
-        let ps = self.ps();
-        if size == 0 || iova % ps != 0 || size % ps != 0 {
-            return Err(libc::EINVAL);
-        }
-        let Some(last) = iova.checked_add(size - 1) else {
-            return Err(libc::EINVAL);
-        };
-        self.expect_remove(iova, last)
-    }
-
-    /// An access to `[iova, iova + len)` needing `need` (§3); `host` also demands a host
-    /// address (translate).
-    ///
-    /// Holes and missing permissions are all found before anything moves; which one is
-    /// reported when a range has several is not fixed by the spec, so the model allows the
-    /// first problem in IOVA order, and EINVAL (naming the first hole) whenever there is a hole.
-    fn expect_access(&self, iova: u64, len: usize, need: Prot, host: bool) -> Verdict {
-        let fail = |errno: i32| Verdict::Err {
-            allowed: BTreeSet::from([errno]),
-            first_hole: None,
-        };
-        if len == 0 {
-            return fail(libc::EINVAL);
-        }
-        let Some(last) = iova.checked_add(len as u64 - 1) else {
-            return fail(libc::EOVERFLOW);
-        };
-        let mut problems = Vec::new();
-        let mut first_hole = None;
-        let mut pieces = Vec::new();
-        let mut at = iova;
-        loop {
-            let covering = self
-                .model
-                .range(..=at)
-                .next_back()
-                .filter(|(&s, m)| m.last(s) >= at);
-            let Some((&s, m)) = covering else {
-                problems.push(libc::EINVAL);
-                first_hole.get_or_insert(at);
-                // Skip the hole to the next mapping inside the range, if any.
-                match self.model.range(at..).next() {
-                    Some((&next, _)) if next <= last => {
-                        at = next;
-                        continue;
-                    }
-                    _ => break,
-                }
-            };
-            if !m.prot.contains(need) {
-                problems.push(libc::EPERM);
-            }
-            if host && matches!(m.real, Real::Msg(..)) {
-                problems.push(libc::EINVAL);
-            }
-            let end = m.last(s).min(last);
-            pieces.push((s, at, end));
-            if end == last {
-                break;
-            }
-            at = end + 1;
-        }
-        if problems.is_empty() {
-            return Verdict::Ok(pieces);
-        }
-        let mut allowed = BTreeSet::from([problems[0]]);
-        if first_hole.is_some() {
-            allowed.insert(libc::EINVAL);
-        }
-        Verdict::Err {
-            allowed,
-            first_hole,
-        }
-    }
-
-    fn check_access_error(
-        &self,
-        what: &str,
-        err: &Error,
-        verdict: &Verdict,
-    ) -> Result<(), TestCaseError> {
-        match verdict {
-            Verdict::Ok(_) => Err(TestCaseError::fail(format!(
-                "step {}: {what} failed with {err} (errno {}) but the model says it succeeds",
-                self.step,
-                err.errno()
-            ))),
-            Verdict::Err {
-                allowed,
-                first_hole,
-            } => {
-                prop_assert!(
-                    allowed.contains(&err.errno()),
-                    "step {}: {what} failed with {err} (errno {}), the model allows {:?}",
-                    self.step,
-                    err.errno(),
-                    allowed
-                );
-                if let Error::NotMapped { iova } = err {
-                    prop_assert_eq!(
-                        Some(iova.0),
-                        *first_hole,
-                        "step {}: {} must name the first unmapped iova",
-                        self.step,
-                        what
-                    );
-                }
-                Ok(())
-            }
-        }
+    /// Drops the held segments, if any.
+    fn release(&mut self) {
+        self.held = None;
+        self.model.release();
     }
 
     // --- running operations ---
@@ -688,7 +454,12 @@ impl Harness {
         match at {
             MapAt::Page(p) => base + p * ps,
             MapAt::Next { idx, gap, before } => {
-                let Some((&s, m)) = self.model.iter().nth(idx % self.model.len().max(1)) else {
+                let Some((&s, m)) = self
+                    .model
+                    .mappings
+                    .iter()
+                    .nth(idx % self.model.mappings.len().max(1))
+                else {
                     return base + (idx as u64 % WINDOW_PAGES) * ps;
                 };
                 let iova = if before {
@@ -710,19 +481,20 @@ impl Harness {
                 count,
                 into,
             } => {
-                let starts: Vec<u64> = self.model.keys().copied().collect();
+                let mappings = &self.model.mappings;
+                let starts: Vec<u64> = mappings.keys().copied().collect();
                 if starts.is_empty() {
                     return (self.setup.base, back as usize);
                 }
                 let i = idx % starts.len();
                 let s = starts[i];
-                let end = self.model[&s].last(s) as u128 + 1;
-                let from = (end - back.min(self.model[&s].size) as u128) as u64;
+                let end = mappings[&s].last(s) as u128 + 1;
+                let from = (end - back.min(mappings[&s].size) as u128) as u64;
                 let to = match starts.get(i + count) {
                     Some(&t) => t as u128 + into as u128,
                     None => {
                         let l = starts[starts.len() - 1];
-                        self.model[&l].last(l) as u128 + 1 + into as u128
+                        mappings[&l].last(l) as u128 + 1 + into as u128
                     }
                 };
                 (from, (to - from as u128) as usize)
@@ -734,7 +506,12 @@ impl Harness {
         match place {
             Place::Window(at) => self.setup.base.wrapping_add(at),
             Place::Near { idx, end, delta } => {
-                let Some((&s, m)) = self.model.iter().nth(idx % self.model.len().max(1)) else {
+                let Some((&s, m)) = self
+                    .model
+                    .mappings
+                    .iter()
+                    .nth(idx % self.model.mappings.len().max(1))
+                else {
                     return self
                         .setup
                         .base
@@ -781,50 +558,24 @@ impl Harness {
                     MapFlaw::OffsetOff(d) => offset += d,
                     MapFlaw::None | MapFlaw::Short => {}
                 }
-                let short = matches!(flaw, MapFlaw::Short);
                 let prot = Prot::from_bits(prot).unwrap();
-                let (backing, backing_len, real, data) = match kind {
-                    Kind::Owned | Kind::Msg => {
-                        let len = (offset + size - short as u64).max(1);
-                        let bytes = random_bytes(seed, len as usize);
-                        let data = bytes
-                            .get(offset as usize..(offset + size) as usize)
-                            .map(<[u8]>::to_vec);
-                        if let Kind::Owned = kind {
-                            let mem = Arc::new(OwnedMemory::new(len as usize).unwrap());
-                            mem.write_at(0, &bytes).unwrap();
-                            let backing = Backing::memory(mem.clone(), offset);
-                            (backing, len, Real::Owned(mem, offset), data)
-                        } else {
-                            let mem = Arc::new(MsgMemory::new(bytes));
-                            let backing = Backing::memory(mem.clone(), offset);
-                            (backing, len, Real::Msg(mem, offset), data)
-                        }
-                    }
-                    Kind::File => {
-                        let foff = if short {
-                            // Past the end of the file: nothing there to back it.
-                            round_up(self.file_next.max(self.file_len), ps) + offset
-                        } else {
-                            self.file_next + offset
-                        };
-                        let mut data = None;
-                        if !short {
-                            if self.file_len < foff + size {
-                                self.file_len = foff + size;
-                                self.file.set_len(self.file_len).unwrap();
-                            }
-                            let bytes = random_bytes(seed, size as usize);
-                            self.file.write_all_at(&bytes, foff).unwrap();
-                            data = Some(bytes);
-                        }
-                        self.file_next = round_up(foff + size, ps) + ps;
-                        let backing = Backing::file(&self.file, foff);
-                        (backing, self.file_len, Real::File(foff), data)
-                    }
+                let memory = match kind {
+                    Kind::Owned => MemoryKind::Owned,
+                    Kind::File => MemoryKind::File,
+                    Kind::Msg => MemoryKind::Msg,
                 };
-                let expected = self.expect_map(iova, size, backing.offset(), prot, backing_len);
-                let r = self.space.map(Iova(iova), size, backing, prot);
+                let short = matches!(flaw, MapFlaw::Short);
+                let made = self
+                    .memories
+                    .make(memory, offset, size, short, |n| random_bytes(seed, n));
+                let expected = self.model.expect_map(
+                    iova,
+                    size,
+                    made.backing.offset(),
+                    prot,
+                    made.backing_len,
+                );
+                let r = self.space.map(Iova(iova), size, made.backing, prot);
                 prop_assert_eq!(
                     errno(&r).err().unwrap_or(0),
                     expected,
@@ -837,16 +588,8 @@ impl Harness {
                     r
                 );
                 if r.is_ok() {
-                    let data = data.expect("a map the model accepts has its bytes");
-                    self.model.insert(
-                        iova,
-                        Mapped {
-                            size,
-                            prot,
-                            data,
-                            real,
-                        },
-                    );
+                    let data = made.data.expect("a map the model accepts has its bytes");
+                    self.model.insert(iova, size, prot, data, made.real);
                 }
             }
 
@@ -860,7 +603,7 @@ impl Harness {
                     UnmapFlaw::SizeOff(d) => size += d,
                     UnmapFlaw::Huge => size = 0u64.wrapping_sub(ps),
                 }
-                let expected = self.expect_unmap(iova, size);
+                let expected = self.model.expect_unmap(iova, size);
                 let r = self.space.unmap(Iova(iova), size);
                 self.check_removal(&format!("unmap({iova:#x}, {size:#x})"), r, expected)?;
             }
@@ -871,43 +614,38 @@ impl Harness {
                 before,
                 after,
             } => {
-                let (iova, size) = if self.model.is_empty() {
+                let mappings = &self.model.mappings;
+                let (iova, size) = if mappings.is_empty() {
                     (base, ps)
                 } else {
-                    let starts: Vec<u64> = self.model.keys().copied().collect();
+                    let starts: Vec<u64> = mappings.keys().copied().collect();
                     let first = starts[idx % starts.len()];
                     let last_start = starts[(idx % starts.len() + count - 1).min(starts.len() - 1)];
-                    let end = self.model[&last_start].last(last_start) as u128 + 1;
+                    let end = mappings[&last_start].last(last_start) as u128 + 1;
                     let from = first.saturating_sub(before * ps);
                     let to = (end + (after * ps) as u128).min(1 << 64);
                     (from, (to - from as u128) as u64)
                 };
-                let expected = self.expect_unmap(iova, size);
+                let expected = self.model.expect_unmap(iova, size);
                 let r = self.space.unmap(Iova(iova), size);
                 self.check_removal(&format!("unmap({iova:#x}, {size:#x})"), r, expected)?;
             }
 
             Op::UnmapAll => {
-                let expected = self.expect_remove(0, u64::MAX);
+                let expected = self.model.expect_unmap_all();
                 let r = self.space.unmap_all();
                 self.check_removal("unmap_all()", r, expected)?;
             }
 
             Op::Read { span, via } => {
                 let (iova, len) = self.span(span);
-                let verdict = self.expect_access(iova, len, Prot::READ, false);
+                let verdict = self.model.expect_access(iova, len, Prot::READ, false);
                 let mut buf = vec![UNTOUCHED; len];
                 let r = self.dma(via, Iova(iova), &mut buf, Direction::Read);
                 let what = format!("read({iova:#x}, {len:#x}) via {via:?}");
                 match (&r, &verdict) {
                     (Ok(()), Verdict::Ok(pieces)) => {
-                        let mut want = Vec::with_capacity(len);
-                        for &(s, from, to) in pieces {
-                            let m = &self.model[&s];
-                            want.extend_from_slice(
-                                &m.data[(from - s) as usize..=(to - s) as usize],
-                            );
-                        }
+                        let want = self.model.read(pieces);
                         if buf != want {
                             let at = buf.iter().zip(&want).position(|(a, b)| a != b).unwrap();
                             return Err(TestCaseError::fail(format!(
@@ -926,7 +664,7 @@ impl Harness {
                         )))
                     }
                     (Err(e), v) => {
-                        self.check_access_error(&what, e, v)?;
+                        self.check(&what, v.check_error(e))?;
                         prop_assert!(
                             buf.iter().all(|&b| b == UNTOUCHED),
                             "step {}: the failed {} changed the buffer",
@@ -939,7 +677,7 @@ impl Harness {
 
             Op::Write { span, via, seed } => {
                 let (iova, len) = self.span(span);
-                let verdict = self.expect_access(iova, len, Prot::WRITE, false);
+                let verdict = self.model.expect_access(iova, len, Prot::WRITE, false);
                 let mut buf = random_bytes(seed, len);
                 let sent = buf.clone();
                 let r = self.dma(via, Iova(iova), &mut buf, Direction::Write);
@@ -951,23 +689,14 @@ impl Harness {
                     what
                 );
                 match (&r, &verdict) {
-                    (Ok(()), Verdict::Ok(pieces)) => {
-                        let mut done = 0;
-                        for &(s, from, to) in pieces {
-                            let m = self.model.get_mut(&s).unwrap();
-                            let n = (to - from + 1) as usize;
-                            let o = (from - s) as usize;
-                            m.data[o..o + n].copy_from_slice(&sent[done..done + n]);
-                            done += n;
-                        }
-                    }
+                    (Ok(()), Verdict::Ok(pieces)) => self.model.write(pieces, &sent),
                     (Ok(()), Verdict::Err { allowed, .. }) => {
                         return Err(TestCaseError::fail(format!(
                             "step {}: {what} succeeded, the model expects errno {allowed:?}",
                             self.step
                         )))
                     }
-                    (Err(e), v) => self.check_access_error(&what, e, v)?,
+                    (Err(e), v) => self.check(&what, v.check_error(e))?,
                 }
                 self.check_contents(&what)?;
             }
@@ -978,10 +707,10 @@ impl Harness {
                 device,
                 hold,
             } => {
-                self.held = None;
+                self.release();
                 let (iova, len) = self.span(span);
                 let prot = Prot::from_bits(prot).unwrap();
-                let verdict = self.expect_access(iova, len, prot, true);
+                let verdict = self.model.expect_access(iova, len, prot, true);
                 let r = if device {
                     self.device.translate(Iova(iova), len, prot)
                 } else {
@@ -992,8 +721,8 @@ impl Harness {
                     (Ok(segs), Verdict::Ok(pieces)) => {
                         self.check_segments(&what, &segs, pieces)?;
                         if hold {
-                            let starts = pieces.iter().map(|p| p.0).collect();
-                            self.held = Some((segs, starts));
+                            self.model.hold(pieces.iter().map(|p| p.0).collect());
+                            self.held = Some(segs);
                         }
                     }
                     (Ok(_), Verdict::Err { allowed, .. }) => {
@@ -1002,11 +731,11 @@ impl Harness {
                             self.step
                         )))
                     }
-                    (Err(e), v) => self.check_access_error(&what, &e, v)?,
+                    (Err(e), v) => self.check(&what, v.check_error(&e))?,
                 }
             }
 
-            Op::Release => self.held = None,
+            Op::Release => self.release(),
         }
         self.check_mappings()
     }
@@ -1019,7 +748,12 @@ impl Harness {
     ) -> Result<(), TestCaseError> {
         let expected_value = expected
             .as_ref()
-            .map(|starts| starts.iter().map(|s| self.model[s].size).sum::<u64>())
+            .map(|starts| {
+                starts
+                    .iter()
+                    .map(|s| self.model.mappings[s].size)
+                    .sum::<u64>()
+            })
             .map_err(|&e| e);
         prop_assert_eq!(
             errno(&r).copied(),
@@ -1030,9 +764,7 @@ impl Harness {
             r
         );
         if let Ok(starts) = expected {
-            for s in starts {
-                self.model.remove(&s);
-            }
+            self.model.remove(&starts);
         }
         Ok(())
     }
@@ -1057,7 +789,7 @@ impl Harness {
                 .sum::<usize>()
         );
         for (seg, &(s, from, to)) in segs.as_slice().iter().zip(pieces) {
-            let m = &self.model[&s];
+            let m = &self.model.mappings[&s];
             if let Real::Owned(mem, off) = &m.real {
                 let base = mem.host_region().unwrap().base().0;
                 prop_assert_eq!(
@@ -1089,13 +821,12 @@ impl Harness {
 
     /// After the last operation: contents, then everything goes.
     fn finish(&mut self) -> Result<(), TestCaseError> {
-        self.held = None;
+        self.release();
         self.check_contents("the last operation")?;
-        let total: u64 = self.model.values().map(|m| m.size).sum();
-        let starts: Vec<u64> = self.model.keys().copied().collect();
+        let starts: Vec<u64> = self.model.mappings.keys().copied().collect();
         let r = self.space.unmap_all();
+        let total = self.model.remove(&starts);
         prop_assert_eq!(errno(&r).copied(), Ok(total), "final unmap_all");
-        self.model.clear();
         self.check_mappings()?;
         for s in starts {
             let mut b = [0u8; 1];

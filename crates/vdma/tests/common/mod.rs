@@ -5,17 +5,15 @@
 
 #![allow(dead_code)]
 
-use std::ffi::CString;
 use std::fmt::Debug;
 use std::fs::File;
-use std::os::fd::FromRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use vdma::{
     Backing, Config, Container, DeviceHandle, DeviceId, Error, GroupHandle, GroupId, HostAddr,
-    Iova, Memory, OwnedMemory, Prot, RawMemory,
+    Iova, OwnedMemory, Prot, RawMemory,
 };
 
 /// The page size of `Config::default()`, as a byte count.
@@ -30,17 +28,11 @@ pub const BUSY: Duration = Duration::from_millis(80);
 // Files and memory
 // ---------------------------------------------------------------------------------------------
 
-/// A memfd named `name`, of `len` bytes, zero-filled.
-pub fn memfd(name: &str, len: u64) -> File {
-    let name = CString::new(name).unwrap();
-    // SAFETY: a valid NUL-terminated C string and flags; the result is checked.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: the descriptor is new and nobody else owns it.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(len).unwrap();
-    file
-}
+// A memfd of a given length, and memory with no host address (reached by `read_at`/`write_at`
+// only): from the reference model's crate, which the fuzz target shares. (Each test binary
+// uses part of this module.)
+#[allow(unused_imports)]
+pub use vdma_model::{memfd, MsgMemory};
 
 /// `len` bytes of `file` at `offset`, all of which must be there.
 pub fn pread(file: &File, offset: u64, len: usize) -> Vec<u8> {
@@ -143,51 +135,6 @@ impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: made by `new`; nothing refers to it any more (see `raw`).
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-/// Memory with no host address (like a vfio-user client's, reached by messages): `dma_rw` must
-/// go through `read_at`/`write_at`, and `translate` must refuse it. An access outside it fails
-/// the test.
-#[derive(Debug)]
-pub struct MsgMemory {
-    bytes: Mutex<Vec<u8>>,
-}
-
-impl MsgMemory {
-    /// Memory holding `bytes`.
-    pub fn new(bytes: Vec<u8>) -> MsgMemory {
-        MsgMemory {
-            bytes: Mutex::new(bytes),
-        }
-    }
-
-    fn range(&self, offset: u64, len: usize) -> std::ops::Range<usize> {
-        let n = self.bytes.lock().unwrap().len();
-        let start = offset as usize;
-        assert!(
-            start <= n && len <= n - start,
-            "vdma accessed [{offset:#x}, +{len:#x}) of a memory of {n:#x} bytes"
-        );
-        start..start + len
-    }
-}
-
-impl Memory for MsgMemory {
-    fn len(&self) -> u64 {
-        self.bytes.lock().unwrap().len() as u64
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> vdma::Result<()> {
-        let r = self.range(offset, buf.len());
-        buf.copy_from_slice(&self.bytes.lock().unwrap()[r]);
-        Ok(())
-    }
-
-    fn write_at(&self, offset: u64, buf: &[u8]) -> vdma::Result<()> {
-        let r = self.range(offset, buf.len());
-        self.bytes.lock().unwrap()[r].copy_from_slice(buf);
-        Ok(())
     }
 }
 
