@@ -122,25 +122,14 @@ fn barrier_all() {
     }
 }
 
-/// The per-thread hint of the last mapping used: valid only while the table with generation
-/// `gen` is the current one (see `table.rs`).
-#[derive(Clone, Copy)]
-pub(crate) struct Hint {
-    pub(crate) gen: u64,
-    pub(crate) entry: *const (),
-    /// Lookups on this generation that missed the hint.
-    pub(crate) misses: u32,
-}
-
 struct ReaderState {
     slot: Arc<Slot>,
     depth: Cell<u32>,
     light: bool,
-    hint: Cell<Hint>,
 }
 
 // SAFETY: only the FALLBACK_READER is shared between threads, and it is used only while FALLBACK
-// is locked; the hint's pointer is only dereferenced after its generation is checked.
+// is locked.
 unsafe impl Sync for ReaderState {}
 // SAFETY: as above.
 unsafe impl Send for ReaderState {}
@@ -159,11 +148,6 @@ impl ReaderState {
             slot,
             depth: Cell::new(0),
             light,
-            hint: Cell::new(Hint {
-                gen: 0,
-                entry: std::ptr::null(),
-                misses: 0,
-            }),
         }
     }
 
@@ -243,18 +227,6 @@ impl Guard {
         // SAFETY: `state` is this thread's reader (alive until the thread exits, and a Guard is
         // neither Send nor outlives the thread) or the static fallback reader.
         unsafe { &*self.state }
-    }
-
-    /// The thread's hint.
-    #[inline(always)]
-    pub(crate) fn hint(&self) -> Hint {
-        self.state().hint.get()
-    }
-
-    /// Replaces the thread's hint.
-    #[inline(always)]
-    pub(crate) fn set_hint(&self, hint: Hint) {
-        self.state().hint.set(hint)
     }
 }
 

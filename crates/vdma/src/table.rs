@@ -18,7 +18,7 @@ use crate::error::Result;
 use crate::mapping::Mapping;
 use crate::memory::{HostRegion, HostWindow};
 use crate::prot::Prot;
-use crate::rcu::{Guard, Hint};
+use crate::rcu::Guard;
 use crate::tracking::DeviceLog;
 
 const CHUNK_MAX: usize = 256;
@@ -47,6 +47,8 @@ struct Hot {
     marks: bool,
     host: Option<HostWindow>,
     entry: *const Entry,
+    /// Lookups on this generation that missed it (see [`DIRECTORY_AFTER`]).
+    misses: u32,
 }
 
 impl Hot {
@@ -58,6 +60,7 @@ impl Hot {
         marks: false,
         host: None,
         entry: std::ptr::null(),
+        misses: 0,
     };
 }
 
@@ -327,9 +330,10 @@ impl Table {
         })
     }
 
-    /// Makes `entry` (of this table) the thread's [`Hot`] translation.
+    /// Makes `entry` (of this table) the thread's [`Hot`] translation, after `misses` misses
+    /// on this generation.
     #[inline]
-    fn set_hot(&self, entry: &Entry) {
+    fn set_hot(&self, entry: &Entry, misses: u32) {
         HOT.with(|c| {
             c.set(Hot {
                 gen: self.gen,
@@ -339,26 +343,28 @@ impl Table {
                 marks: entry.dirty.is_some() || !self.device_logs.is_empty(),
                 host: entry.host.as_ref().map(HostRegion::window_copy),
                 entry,
+                misses,
             })
         });
     }
 
-    /// The entry containing `iova`, trying the thread's hint first and updating it.
+    /// The entry containing `iova`, trying the thread's last translation first and making the
+    /// result the new one. The caller's read section (`_guard`) keeps the table alive.
     #[inline(always)]
-    pub(crate) fn find_hinted<'g>(&'g self, iova: u64, guard: &Guard) -> Option<&'g Entry> {
-        let hint = guard.hint();
-        if hint.gen == self.gen {
-            // SAFETY: the hint was set from a table with this generation; generations are unique,
-            // so that table is `self`, which the caller's read section keeps alive, and whose
-            // entries never move (chunks are immutable once published).
-            let entry = unsafe { &*(hint.entry as *const Entry) };
+    pub(crate) fn find_hinted<'g>(&'g self, iova: u64, _guard: &Guard) -> Option<&'g Entry> {
+        let hot = HOT.with(Cell::get);
+        let same = hot.gen == self.gen;
+        if same {
+            // SAFETY: the translation was set from a table with this generation; generations
+            // are unique, so that table is `self`, which the caller's read section keeps alive,
+            // and whose entries never move (chunks are immutable once published).
+            let entry = unsafe { &*hot.entry };
             if entry.contains(iova) {
-                self.set_hot(entry);
                 return Some(entry);
             }
         }
-        let misses = if hint.gen == self.gen {
-            hint.misses.saturating_add(1)
+        let misses = if same {
+            hot.misses.saturating_add(1)
         } else {
             0
         };
@@ -371,12 +377,7 @@ impl Table {
         if !entry.contains(iova) {
             return None;
         }
-        guard.set_hint(Hint {
-            gen: self.gen,
-            entry: entry as *const Entry as *const (),
-            misses,
-        });
-        self.set_hot(entry);
+        self.set_hot(entry, misses);
         Some(entry)
     }
 
