@@ -66,6 +66,7 @@ impl Drop for Space {
     /// released are forgotten first, so that memory mapped later at those addresses is not
     /// taken for locked.
     fn drop(&mut self) {
+        self.drop_idle_pins(0, u64::MAX);
         let control = self.control.get_mut().unwrap_or_else(|e| e.into_inner());
         let ps = self.config.page_size as usize;
         for e in control.current.iter() {
@@ -366,7 +367,9 @@ impl Space {
                 // found them in an old one. Dropping the retired tables then releases the memory.
                 rcu::synchronize();
                 // Pages that pins left locked (idle) in the removed memory are unlocked while
-                // that memory is still mapped.
+                // that memory is still mapped: this space's idle pins first, then the host
+                // locks left idle.
+                self.drop_idle_pins(start, last);
                 for e in &removed {
                     if let Some(host) = &e.host {
                         let ps = self.config.page_size as usize;

@@ -97,11 +97,14 @@ impl Drop for Pinned {
     }
 }
 
-/// How often a page is pinned, and how many of those pins asked for WRITE.
+/// How often a page is pinned, and how many of those pins asked for WRITE. With `total` 0 the
+/// page is idle: no pin, not charged, but still holding its host lock (see [`PinTable`]).
 #[derive(Clone, Copy, Debug, Default)]
 struct PinCount {
     total: u32,
     write: u32,
+    /// The stamp of its current idle spell (0: not idle).
+    idle_stamp: u64,
 }
 
 /// A hasher for page numbers: one multiply (Fibonacci hashing). A peer only picks which of its
@@ -124,13 +127,67 @@ impl Hasher for PageHasher {
     }
 }
 
+/// Pages whose last pin went stay idle in their address space's pin table, up to this many:
+/// still host-locked, so that pinning them again, as a mediated device does all the time,
+/// touches neither the process-wide host-lock table nor the kernel. The oldest go first.
+const SPACE_IDLE_MAX: usize = 64;
+
 /// Every pin of an address space, behind its one pin lock. Pages are keyed by IOVA page number:
-/// a mapping with pins cannot be unmapped, so a key always means the same memory.
+/// a mapping with pins cannot be unmapped, so a key always means the same memory; idle pages
+/// (no pin, still locked) are dropped before their mapping is unmapped ([`Space::drop_idle_pins`]).
 #[derive(Default)]
 pub(crate) struct PinTable {
     counts: HashMap<u64, PinCount, BuildHasherDefault<PageHasher>>,
-    /// Bytes pinned, against the memlock limit.
+    /// Bytes pinned, against the memlock limit (idle pages are not charged).
     locked: u64,
+    /// Idle pages, oldest first: (page key, host address, stamp); an entry whose page has been
+    /// pinned again since carries a stale stamp and is skipped.
+    idle: VecDeque<(u64, usize, u64)>,
+    idle_count: usize,
+    stamp: u64,
+}
+
+impl PinTable {
+    /// Takes idle pages out, oldest first, until at most `keep` remain; returns their host
+    /// addresses, for [`unlock_pages`].
+    fn evict_idle(&mut self, keep: usize) -> SmallVec<[usize; 4]> {
+        let mut hosts = SmallVec::new();
+        while self.idle_count > keep {
+            let Some((key, host, stamp)) = self.idle.pop_front() else {
+                break;
+            };
+            if matches!(self.counts.get(&key), Some(c) if c.total == 0 && c.idle_stamp == stamp) {
+                self.counts.remove(&key);
+                self.idle_count -= 1;
+                hosts.push(host);
+            }
+        }
+        if self.idle.len() > 4 * SPACE_IDLE_MAX + 16 {
+            let counts = &self.counts;
+            self.idle.retain(|&(k, _, st)| {
+                matches!(counts.get(&k), Some(c) if c.total == 0 && c.idle_stamp == st)
+            });
+        }
+        hosts
+    }
+
+    /// Takes out the idle pages whose keys `in_range` accepts; returns their host addresses.
+    /// (Every idle page has exactly one queue entry with its current stamp.)
+    fn take_idle(&mut self, in_range: impl Fn(u64) -> bool) -> Vec<usize> {
+        let mut hosts = Vec::new();
+        let counts = &mut self.counts;
+        self.idle.retain(|&(key, host, stamp)| {
+            let idle = matches!(counts.get(&key), Some(c) if c.total == 0 && c.idle_stamp == stamp);
+            if idle && in_range(key) {
+                counts.remove(&key);
+                hosts.push(host);
+                return false;
+            }
+            idle
+        });
+        self.idle_count -= hosts.len();
+        hosts
+    }
 }
 
 /// A stretch of pages in one mapping, found inside a read section.
@@ -234,20 +291,26 @@ impl Space {
             }
         };
 
-        // 3. Charge the pages pinned for the first time, and lock them in memory.
+        // 3. Charge the pages that had no pin (new ones, and idle ones taken back), and lock
+        //    the new ones in memory (idle ones still are).
         let mut fresh: SmallVec<[(usize, u64); 2]> = SmallVec::new(); // (host, pages)
+        let mut revived = 0u64;
         for run in &runs {
             for i in 0..run.count {
-                if !pins.counts.contains_key(&((run.iova + i * ps) / ps)) {
-                    let h = host_of(run, i);
-                    match fresh.last_mut() {
-                        Some((start, n)) if *start + (*n * ps) as usize == h => *n += 1,
-                        _ => fresh.push((h, 1)),
+                match pins.counts.get(&((run.iova + i * ps) / ps)) {
+                    Some(c) if c.total > 0 => {}
+                    Some(_) => revived += 1,
+                    None => {
+                        let h = host_of(run, i);
+                        match fresh.last_mut() {
+                            Some((start, n)) if *start + (*n * ps) as usize == h => *n += 1,
+                            _ => fresh.push((h, 1)),
+                        }
                     }
                 }
             }
         }
-        let bytes: u64 = fresh.iter().map(|&(_, n)| n * ps).sum();
+        let bytes: u64 = fresh.iter().map(|&(_, n)| n * ps).sum::<u64>() + revived * ps;
         if pins.locked + bytes > self.memlock_limit {
             release_all();
             return Err(Error::MemlockLimit {
@@ -256,7 +319,14 @@ impl Space {
         }
         if self.config.mlock {
             for (i, &(host, n)) in fresh.iter().enumerate() {
-                if let Err(e) = lock_pages(host, n as usize, ps as usize) {
+                let mut result = lock_pages(host, n as usize, ps as usize);
+                if result.is_err() && pins.idle_count > 0 {
+                    // This space's idle pages may be what keeps us at RLIMIT_MEMLOCK.
+                    let idle = pins.evict_idle(0);
+                    unlock_pages(&idle, ps as usize);
+                    result = lock_pages(host, n as usize, ps as usize);
+                }
+                if let Err(e) = result {
                     for &(h, n) in &fresh[..i] {
                         let pages: Vec<usize> =
                             (0..n as usize).map(|p| h + p * ps as usize).collect();
@@ -272,9 +342,17 @@ impl Space {
         // 4. Count the pins and hand out the addresses.
         let write = prot.contains(Prot::WRITE) as u32;
         let mut hosts = Vec::with_capacity(npages);
+        let PinTable {
+            counts, idle_count, ..
+        } = &mut *pins;
         for run in &runs {
             for i in 0..run.count {
-                let c = pins.counts.entry((run.iova + i * ps) / ps).or_default();
+                let c = counts.entry((run.iova + i * ps) / ps).or_default();
+                if c.idle_stamp != 0 {
+                    // An idle page pinned again; its queue entry is stale now.
+                    c.idle_stamp = 0;
+                    *idle_count -= 1;
+                }
                 c.total += 1;
                 c.write += write;
                 hosts.push(HostAddr(host_of(run, i)));
@@ -297,6 +375,9 @@ impl Space {
             let Some(c) = pins.counts.get_mut(&(at / ps)) else {
                 continue;
             };
+            if c.total == 0 {
+                continue; // idle: not pinned
+            }
             // A pinned page holds its mapping, so it is always found; never panic if not.
             let Some(entry) = table.find_hinted(at, &guard) else {
                 debug_assert!(false, "pinned page {at:#x} not mapped");
@@ -310,17 +391,41 @@ impl Space {
                 mark_dirty(table, entry, at, at + (ps - 1));
             }
             if c.total == 0 {
-                pins.counts.remove(&(at / ps));
-                pins.locked -= ps;
-                if let (Some(region), true) = (&entry.host, self.config.mlock) {
-                    unlocked.push(region.base().0 + (at - entry.start) as usize);
+                match (&entry.host, self.config.mlock) {
+                    // Stays locked, idle: the next pin of it needs no host lock.
+                    (Some(region), true) => {
+                        let host = region.base().0 + (at - entry.start) as usize;
+                        pins.stamp += 1;
+                        let stamp = pins.stamp;
+                        if let Some(c) = pins.counts.get_mut(&(at / ps)) {
+                            c.idle_stamp = stamp;
+                        }
+                        pins.idle.push_back((at / ps, host, stamp));
+                        pins.idle_count += 1;
+                    }
+                    _ => {
+                        pins.counts.remove(&(at / ps));
+                    }
                 }
+                pins.locked -= ps;
             }
             entry.mapping.release();
         }
         drop(guard);
+        unlocked.extend(pins.evict_idle(SPACE_IDLE_MAX));
+        drop(pins);
         unlock_pages(&unlocked, ps as usize);
         Ok(())
+    }
+
+    /// Gives up the idle pages (no pin, still locked) in `[start, last]`: memory about to be
+    /// unmapped. Their host locks go back, so the memory's idle locks can then be forgotten.
+    pub(crate) fn drop_idle_pins(&self, start: u64, last: u64) {
+        let ps = self.config.page_size;
+        let hosts = self
+            .pin_table()
+            .take_idle(|key| key * ps >= start && key * ps <= last);
+        unlock_pages(&hosts, ps as usize);
     }
 
     /// IOVAs of the pages in `[start, last]` pinned with WRITE.

@@ -880,3 +880,30 @@ fn a_page_pinned_again_after_unpin_is_still_locked() {
     assert!(is_mlocked(b[0].0));
     dev.unpin(Iova(0x11000), 1).unwrap();
 }
+
+/// An idle page (its last pin gone, still locked) is not pinned: unpinning it again changes
+/// nothing, pinning it again charges it again, and it does not keep its mapping from being
+/// unmapped.
+#[test]
+fn an_idle_page_is_not_pinned() {
+    let (space, dev) = env_with(Config {
+        mlock: true,
+        memlock_limit: Some(2 * P),
+        ..config()
+    });
+    recording_noop(&dev);
+    map_owned(&space, 0x10000, 4, Prot::READ_WRITE);
+    dev.pin(Iova(0x11000), 1, Prot::READ).unwrap();
+    dev.unpin(Iova(0x11000), 1).unwrap();
+    dev.unpin(Iova(0x11000), 1).unwrap();
+    // Charged again when pinned again: two pages fit the limit, a third does not.
+    dev.pin(Iova(0x11000), 1, Prot::READ).unwrap();
+    dev.pin(Iova(0x12000), 1, Prot::READ).unwrap();
+    assert_eq!(
+        dev.pin(Iova(0x13000), 1, Prot::READ).unwrap_err().errno(),
+        libc::ENOMEM
+    );
+    dev.unpin(Iova(0x11000), 2).unwrap();
+    // Idle pages do not hold the mapping.
+    assert_eq!(space.unmap(Iova(0x10000), 4 * P).unwrap(), 4 * P);
+}
