@@ -11,11 +11,17 @@
 //!
 //! `core_ops`: a few operation sequences, encoded with `core_ops::encode`, checked to parse back
 //! to the same operations and to pass against the model.
+//!
+//! `session`: a few whole sessions with the dma-engine (a COPY between memfd mappings; memory
+//! without a file, its DMA_READ/DMA_WRITE answered well and badly; dirty logging; a memfd shrunk
+//! under a COPY; interrupts; bytes before VERSION), encoded with `session::input::encode`,
+//! checked to parse back and to pass the target's checks.
 
 use std::path::{Path, PathBuf};
 
 use vdma::Prot;
 use vdma_fuzz::core_ops::{self, Flaw, Kind, Op, Setup};
+use vdma_fuzz::session;
 use vdma_user::protocol::*;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::IntoBytes;
@@ -27,8 +33,9 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     let n = decode_seeds(&root.join("decode"));
     let m = core_ops_seeds(&root.join("core_ops"));
+    let k = session_seeds(&root.join("session"));
     println!(
-        "wrote {n} decode seeds and {m} core_ops seeds under {}",
+        "wrote {n} decode seeds, {m} core_ops seeds and {k} session seeds under {}",
         root.display()
     );
 }
@@ -606,4 +613,386 @@ fn core_ops_seeds(dir: &Path) -> usize {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
     cases.len()
+}
+
+// ---------------------------------------------------------------------------------------------
+// session
+
+mod session_seeds {
+    use vdma::Prot;
+    use vdma_cli::dma_engine::registers::{
+        CMD_COPY, CMD_FILL, DST_LO, IRQ_ENABLE, IRQ_STATUS, LEN, PATTERN, SRC_LO, STATUS,
+    };
+    use vdma_fuzz::session::input::{command_selector, Fd, Input, Op, Setup};
+    use vdma_fuzz::session::messages::framed::{NO_REPLY, RAW_FIELDS};
+    use vdma_fuzz::session::peer::Reply;
+    use vdma_user::protocol::*;
+    use zerocopy::little_endian::{U32, U64};
+    use zerocopy::IntoBytes;
+
+    /// Setup flags: VERSION with libvfio-user's capabilities, 4 KiB transfers, settle at the end.
+    pub const SPEC: u8 = 0x20;
+    /// The same with QEMU's capabilities.
+    pub const QEMU: u8 = 0x24;
+
+    pub fn framed(command: Command, payload: &[u8], fds: Vec<Fd>) -> Op {
+        framed_flags(command, 0, payload, fds)
+    }
+
+    pub fn framed_flags(command: Command, flags: u8, payload: &[u8], fds: Vec<Fd>) -> Op {
+        Op::Framed {
+            command: command_selector(command.number()),
+            flags,
+            payload: payload.to_vec(),
+            fds,
+        }
+    }
+
+    /// DMA_MAP of `size` bytes at `iova`, of a new memfd of `kib` KiB or without a file.
+    pub fn map(iova: u64, size: u64, memfd_kib: Option<u8>) -> Op {
+        let fds = memfd_kib.map_or(vec![], |k| vec![Fd::Memfd { size: k - 1 }]);
+        framed(
+            Command::DmaMap,
+            DmaMap::new(iova, size, 0, Prot::READ_WRITE).as_bytes(),
+            fds,
+        )
+    }
+
+    pub fn unmap(iova: u64, size: u64) -> Op {
+        framed(
+            Command::DmaUnmap,
+            DmaUnmap::new(iova, size).as_bytes(),
+            vec![],
+        )
+    }
+
+    /// A 64-bit register write (32-bit if `value` fits and `offset` is not 8-aligned).
+    pub fn reg(offset: u64, value: u64) -> Op {
+        Op::RegionWrite {
+            region: 0,
+            offset: offset as u16,
+            width: if offset.is_multiple_of(8) { 3 } else { 2 },
+            value,
+        }
+    }
+
+    /// SRC, DST, then LEN and CMD in one 64-bit write (which starts the command).
+    pub fn command(cmd: u32, src: u64, dst: u64, len: u32) -> Vec<Op> {
+        vec![
+            reg(SRC_LO, src),
+            reg(DST_LO, dst),
+            reg(LEN, u64::from(cmd) << 32 | u64::from(len)),
+            Op::WaitIdle,
+        ]
+    }
+
+    pub fn read_reg(offset: u64) -> Op {
+        framed(
+            Command::RegionRead,
+            RegionAccess::new(0, offset, 4).as_bytes(),
+            vec![],
+        )
+    }
+
+    /// What each seed must have done.
+    pub fn check(name: &str, outcome: &vdma_fuzz::session::Outcome) {
+        use vdma_cli::dma_engine::registers::{STATUS_DONE, STATUS_ERROR};
+        let (idle, done, error) = (0, STATUS_DONE, STATUS_ERROR);
+        // The last is the settling at the end. Bad answers (timeouts) make no promise.
+        let want: &[u32] = match name {
+            "memfd-copy" => &[done, error, error],
+            "msg-dma-spec" | "msg-dma-qemu" => &[done, done, done],
+            "dirty-logging" => &[done, done],
+            "memfd-shrunk" => &[error, done, done],
+            "irqs-and-fds" => &[done, idle],
+            _ => &[],
+        };
+        if name.starts_with("msg-dma") {
+            assert!(outcome.dma_requests >= 9, "{name}: {outcome:?}");
+        }
+        if !want.is_empty() {
+            assert_eq!(outcome.statuses, want, "{name}: {outcome:?}");
+        }
+    }
+
+    pub fn seeds() -> Vec<(&'static str, Input)> {
+        let mut out = Vec::new();
+
+        // A COPY between two memfd mappings, with the interrupt enabled; unmapped after.
+        let mut ops = vec![
+            map(0x10_0000, 0x10000, Some(64)),
+            map(0x20_0000, 0x4000, Some(16)),
+            reg(IRQ_ENABLE, 1),
+        ];
+        ops.extend(command(CMD_COPY, 0x10_0010, 0x20_0100, 0x1000));
+        ops.extend([
+            read_reg(STATUS),
+            reg(IRQ_STATUS, 1),
+            unmap(0x10_0000, 0x10000),
+        ]);
+        // A COPY that ends past its mapping: EINVAL.
+        ops.extend(command(CMD_COPY, 0x20_0000, 0x20_3f00, 0x1000));
+        out.push((
+            "memfd-copy",
+            Input {
+                setup: Setup { flags: SPEC },
+                script: vec![],
+                ops,
+            },
+        ));
+
+        // Memory without a file in both directions, 10000 bytes in 4 KiB DMA_READs and
+        // DMA_WRITEs, answered correctly; then a FILL.
+        let mut ops = vec![map(0x4000_0000, 0x10000, None)];
+        ops.extend(command(CMD_COPY, 0x4000_0010, 0x4000_8000, 10000));
+        ops.extend(command(CMD_FILL, 0, 0x4000_0000, 0x3000));
+        for (name, flags) in [("msg-dma-spec", SPEC), ("msg-dma-qemu", QEMU)] {
+            out.push((
+                name,
+                Input {
+                    setup: Setup { flags },
+                    script: vec![],
+                    ops: ops.clone(),
+                },
+            ));
+        }
+
+        // The same, with every kind of bad answer in turn (and a memfd mapping on the other
+        // side, so some copies get through).
+        let mut ops = vec![
+            map(0x4000_0000, 0x10000, None),
+            map(0x10_0000, 0x10000, Some(64)),
+            reg(PATTERN, 0xdead_beef),
+        ];
+        for _ in 0..6 {
+            ops.extend(command(CMD_COPY, 0x4000_0000, 0x10_0000, 0x2000));
+            ops.extend(command(CMD_COPY, 0x10_0000, 0x4000_2000, 0x2000));
+        }
+        ops.push(unmap(0x4000_0000, 0x10000));
+        let mut script = vec![
+            Reply::Correct.byte(),
+            Reply::Correct.byte(),
+            Reply::Error.byte(),
+            Reply::Error.byte() | 3 << 3,
+            Reply::LateOrTwice.byte() | 1 << 3,
+            Reply::Silent.byte(),
+            Reply::LateOrTwice.byte(),
+            Reply::Correct.byte(),
+        ];
+        for kind in 0..5u8 {
+            script.push(Reply::Garbage.byte() | kind << 3);
+        }
+        // Last: a header announcing more than comes; the framing is lost.
+        script.push(Reply::Garbage.byte() | 5 << 3);
+        out.push((
+            "msg-dma-bad-answers",
+            Input {
+                setup: Setup { flags: QEMU },
+                script,
+                ops,
+            },
+        ));
+
+        // Dirty logging: start, a FILL into the memfd mapping, a report, an unmap with the
+        // bitmap, stop. The report and the unmap carry argsz with their bitmaps (raw fields).
+        let mut start = DmaLoggingControl {
+            page_size: U64::new(4096),
+            num_ranges: U32::new(1),
+            reserved: U32::new(0),
+        }
+        .as_bytes()
+        .to_vec();
+        start.extend_from_slice(DmaLoggingRange::new(0x10_0000, 0x10000).as_bytes());
+        let logging = |feature: u16, data: &[u8]| {
+            let kind = if feature == FEATURE_DMA_LOGGING_REPORT {
+                FEATURE_GET
+            } else {
+                FEATURE_SET
+            };
+            encode_feature(kind | u32::from(feature), data)
+        };
+        let report = DmaLoggingReport {
+            iova: U64::new(0x10_0000),
+            length: U64::new(0x10000),
+            page_size: U64::new(4096),
+        };
+        let mut report = logging(FEATURE_DMA_LOGGING_REPORT, report.as_bytes());
+        // 16 pages: 2 bytes of bitmap, rounded to 8.
+        report[..4].copy_from_slice(&(8u32 + 24 + 8).to_le_bytes());
+        let mut with_bitmap = DmaUnmap::new(0x10_0000, 0x10000);
+        with_bitmap.flags = U32::new(DMA_UNMAP_FLAG_GET_DIRTY_BITMAP);
+        with_bitmap.argsz = U32::new(24 + 16 + 8);
+        let unmap_bitmap = DmaUnmapRequest {
+            unmap: with_bitmap,
+            bitmap: Some(DmaBitmap {
+                pgsize: U64::new(4096),
+                size: U64::new(8),
+            }),
+        };
+        let mut ops = vec![
+            map(0x10_0000, 0x10000, Some(64)),
+            framed(
+                Command::DeviceFeature,
+                &logging(FEATURE_DMA_LOGGING_START, &start),
+                vec![],
+            ),
+        ];
+        ops.extend(command(CMD_FILL, 0, 0x10_3000, 0x2000));
+        ops.extend([
+            framed_flags(Command::DeviceFeature, RAW_FIELDS, &report, vec![]),
+            framed_flags(
+                Command::DmaUnmap,
+                RAW_FIELDS,
+                &unmap_bitmap.encode(),
+                vec![],
+            ),
+            framed(
+                Command::DeviceFeature,
+                &logging(FEATURE_DMA_LOGGING_STOP, &[]),
+                vec![],
+            ),
+        ]);
+        out.push((
+            "dirty-logging",
+            Input {
+                setup: Setup { flags: QEMU },
+                script: vec![],
+                ops,
+            },
+        ));
+
+        // A memfd shrunk under its mapping: the COPY fails with EFAULT, a new mapping works.
+        let mut ops = vec![map(0x10_0000, 0x8000, Some(32))];
+        ops.push(Op::Truncate { memfd: 0, size: 0 });
+        ops.extend(command(CMD_COPY, 0x10_0000, 0x10_4000, 0x1000));
+        ops.push(read_reg(vdma_cli::dma_engine::registers::ERRNO));
+        ops.push(map(0x20_0000, 0x4000, Some(16)));
+        ops.extend(command(CMD_COPY, 0x20_0000, 0x20_2000, 0x1000));
+        out.push((
+            "memfd-shrunk",
+            Input {
+                setup: Setup { flags: SPEC },
+                script: vec![],
+                ops,
+            },
+        ));
+
+        // Interrupts: an eventfd for INTx, a FILL that raises it; DEVICE_RESET; then too many
+        // descriptors on one message, and descriptors on a command that takes none.
+        let set = SetIrqs {
+            set: IrqSet::new(
+                IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER,
+                PCI_INTX_IRQ_INDEX,
+                0,
+                1,
+            ),
+            action: IrqAction::Trigger,
+            data: IrqData::EventFds { assign: true },
+        };
+        let mut ops = vec![
+            framed(Command::DeviceSetIrqs, &set.encode(), vec![Fd::EventFd]),
+            map(0x10_0000, 0x1000, Some(4)),
+            reg(IRQ_ENABLE, 1),
+        ];
+        ops.extend(command(CMD_FILL, 0, 0x10_0000, 0x100));
+        ops.extend([
+            framed(Command::DeviceReset, &[], vec![]),
+            framed(
+                Command::DmaMap,
+                DmaMap::new(0x30_0000, 0x1000, 0, Prot::READ).as_bytes(),
+                vec![
+                    Fd::LastMemfd,
+                    Fd::DevNull,
+                    Fd::EventFd,
+                    Fd::Memfd { size: 0 },
+                    Fd::DevNull,
+                ],
+            ),
+            framed(
+                Command::DeviceGetInfo,
+                DeviceInfo::request().as_bytes(),
+                vec![Fd::DevNull],
+            ),
+            framed(
+                Command::DmaMap,
+                DmaMap::new(0x40_0000, 0x1000, 0, Prot::READ).as_bytes(),
+                vec![Fd::DevNull],
+            ),
+            framed_flags(
+                Command::DeviceGetIrqInfo,
+                NO_REPLY,
+                IrqInfo::request(PCI_INTX_IRQ_INDEX).as_bytes(),
+                vec![],
+            ),
+        ]);
+        out.push((
+            "irqs-and-fds",
+            Input {
+                setup: Setup { flags: SPEC },
+                script: vec![],
+                ops,
+            },
+        ));
+
+        // No VERSION from the harness: a command first, then the fuzzer's own VERSION, then a
+        // message whose header lies about its size.
+        let version = Version {
+            major: 0,
+            minor: 0,
+            capabilities: None,
+        }
+        .encode()
+        .unwrap();
+        let mut lie = MessageBuilder::request(9, Command::RegionRead)
+            .bytes(RegionAccess::new(0, 0, 4).as_bytes())
+            .finish()
+            .unwrap();
+        lie[4..8].copy_from_slice(&1000u32.to_le_bytes());
+        out.push((
+            "no-version",
+            Input {
+                setup: Setup { flags: 3 },
+                script: vec![],
+                ops: vec![
+                    framed(
+                        Command::DeviceGetInfo,
+                        DeviceInfo::request().as_bytes(),
+                        vec![],
+                    ),
+                    framed(Command::Version, &version, vec![]),
+                    Op::Sync,
+                    Op::Raw {
+                        bytes: lie,
+                        fds: vec![Fd::DevNull],
+                    },
+                ],
+            },
+        ));
+        out
+    }
+}
+
+fn session_seeds(dir: &Path) -> usize {
+    let dir = fresh(dir);
+    let seeds = session_seeds::seeds();
+    for (name, input) in &seeds {
+        let bytes = session::input::encode(input);
+        assert_eq!(
+            &session::input::parse(&bytes),
+            input,
+            "seed {name} does not parse back"
+        );
+        let outcome = session::session(input, true);
+        println!("session seed {name}: {outcome:?}");
+        // The two that end with a broken message end with the framing lost.
+        let want = match *name {
+            "msg-dma-bad-answers" => "FramingLost",
+            "no-version" => "Truncated",
+            _ => "Closed",
+        };
+        assert!(outcome.end.contains(want), "{name}: {outcome:?}");
+        session_seeds::check(name, &outcome);
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    seeds.len()
 }
