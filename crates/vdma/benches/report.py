@@ -308,6 +308,29 @@ def tracking_tables():
     print()
 
 
+def vfio_user_tables():
+    """Issue 4: the vfio-user path (bench `engine` of crates/vdma-cli)."""
+    ping, rtt = estimate("region_write_rtt", "socket-pingpong", ""), None
+    rtt = estimate("region_write_rtt", "vdma", "")
+    if rtt is None:
+        return
+    print("### vfio-user (`cargo bench -p vdma-cli --bench engine`)\n")
+    print("| REGION_WRITE round trip (4 B register) | time |")
+    print("|---|---|")
+    print(f"| socketpair ping-pong of the same sizes (the limit) | {fmt_time(ping)} |")
+    print(f"| vdma client -> vdma server -> dma-engine register | {fmt_time(rtt)} |")
+    print()
+    print("| COPY size | fd-mapped memory | message-backed (DMA_READ/WRITE) | fd GiB/s | message GiB/s | message / fd (thrpt) |")
+    print("|---|---|---|---|---|---|")
+    for size in [4096, 65536, 1048576]:
+        fd, msg = estimate("engine_copy", "fd", size), estimate("engine_copy", "message", size)
+        if fd is None or msg is None:
+            continue
+        print(f"| {fmt_size(size)} | {fmt_time(fd)} | {fmt_time(msg)} | {gib_s(size, fd[0]):.2f} | "
+              f"{gib_s(size, msg[0]):.2f} | {fd[0] / msg[0]:.2f} |")
+    print()
+
+
 def main():
     if not os.path.isdir(ROOT):
         sys.exit(f"no criterion output at {ROOT}; run `cargo bench -p vdma --bench dma` first")
@@ -319,6 +342,7 @@ def main():
     lookup_hot_table()
     threads_table()
     tracking_tables()
+    vfio_user_tables()
 
 
 if __name__ == "__main__":
