@@ -13,7 +13,7 @@
 
 use std::hint::black_box;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use vdma::{OwnedMemory, Prot};
 use vdma_cli::dma_engine::registers::*;
 use vdma_cli::dma_engine::{dma_engine, DmaEngineConfig};
+use vdma_model::memfd;
 use vdma_user::client::Client;
 use vdma_user::server::{Server, ServerConfig};
 
@@ -98,17 +99,6 @@ impl Drop for Session {
     }
 }
 
-fn memfd(size: u64) -> std::fs::File {
-    // SAFETY: the name is a NUL-terminated literal; the result is checked and owned by nobody
-    // else.
-    let fd = unsafe { libc::memfd_create(c"vdma-bench".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    file.set_len(size).expect("memfd size");
-    file
-}
-
 fn region_write_rtt(c: &mut Criterion) {
     let mut g = c.benchmark_group("region_write_rtt");
     g.warm_up_time(Duration::from_millis(500))
@@ -158,7 +148,7 @@ fn engine_copy(c: &mut Criterion) {
     let span = 2 * MIB;
 
     let fd_session = Session::start("fd");
-    let file = memfd(span);
+    let file = memfd("bench", span);
     fd_session
         .client()
         .dma_map_fd(iova, span, file.as_fd(), 0, Prot::READ_WRITE)

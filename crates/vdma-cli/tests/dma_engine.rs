@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{ErrorKind, Read};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,6 +16,7 @@ use std::time::Duration;
 use vdma::{GroupId, Iova, Memory, OwnedMemory, Prot};
 use vdma_cli::dma_engine::registers::*;
 use vdma_cli::dma_engine::{dma_engine, layout, DmaEngineConfig};
+use vdma_model::{eventfd, memfd};
 use vdma_user::client::Client;
 use vdma_user::pci::CONFIG_REGION;
 use vdma_user::protocol::{PCI_INTX_IRQ_INDEX, PCI_MSIX_IRQ_INDEX, PCI_MSI_IRQ_INDEX};
@@ -28,25 +29,6 @@ const PAGE: u64 = 4096;
 
 // ---------------------------------------------------------------------------------------
 // Helpers.
-
-fn memfd(size: u64) -> File {
-    // SAFETY: a NUL-terminated name and flags; returns a new descriptor or -1.
-    let fd = unsafe { libc::memfd_create(c"dma-engine-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: the descriptor was just created and nothing else owns it.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(size).unwrap();
-    file
-}
-
-/// A non-blocking eventfd, so a test can tell "not signalled" without waiting.
-fn eventfd() -> OwnedFd {
-    // SAFETY: eventfd takes an initial value and flags; returns a new descriptor or -1.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
-    // SAFETY: the descriptor was just created and nothing else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
 
 /// Reads and clears the eventfd's counter (0 if it was not signalled).
 fn take_count(fd: &OwnedFd) -> u64 {
@@ -183,7 +165,7 @@ impl Rig {
 
     /// Maps `size` bytes of a new memfd read-write at `iova`.
     fn map_memfd(&self, iova: u64, size: u64) -> File {
-        let file = memfd(size);
+        let file = memfd("dma-engine", size);
         self.client()
             .dma_map_fd(iova, size, file.as_fd(), 0, Prot::READ_WRITE)
             .unwrap();
@@ -479,7 +461,7 @@ fn overlapping_copy_is_memmove() {
 fn failed_commands_change_no_destination_byte() {
     let rig = Rig::new();
     let c = rig.client();
-    let file = memfd(2 * MIB);
+    let file = memfd("dma-engine", 2 * MIB);
     // [RAM, RAM + 1 MiB) read-write, [RAM + 1 MiB, RAM + 2 MiB) read-only, then a hole.
     c.dma_map_fd(RAM, MIB, file.as_fd(), 0, Prot::READ_WRITE)
         .unwrap();
@@ -789,7 +771,7 @@ fn unmap_while_idle() {
 fn unmap_while_a_16_mib_copy_runs() {
     let rig = Rig::new();
     let c = rig.client();
-    let file = memfd(32 * MIB);
+    let file = memfd("dma-engine", 32 * MIB);
     let data = pattern(16 * MIB as usize, 99);
     file.write_all_at(&data, 0).unwrap();
     c.dma_map_fd(RAM, 16 * MIB, file.as_fd(), 0, Prot::READ_WRITE)
@@ -880,7 +862,7 @@ fn next_client_after_disconnect() {
     });
     for round in 0..2u8 {
         let client = Client::connect(&path).unwrap();
-        let file = memfd(MIB);
+        let file = memfd("dma-engine", MIB);
         file.write_all_at(&[round + 1; 8], 0).unwrap();
         client
             .dma_map_fd(RAM, MIB, file.as_fd(), 0, Prot::READ_WRITE)

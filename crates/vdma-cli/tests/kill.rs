@@ -6,17 +6,22 @@
 //! The clients are this test binary run again (`kill_child_entry`, ignored in normal runs),
 //! so each is a real process the kernel tears down with SIGKILL.
 
+mod common;
+
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vdma::{OwnedMemory, Prot};
 use vdma_cli::dma_engine::registers::*;
+use vdma_model::memfd;
 use vdma_user::client::Client;
+
+use common::Serve;
 
 /// Rounds in one run (1,000 by default; `VDMA_KILL_ROUNDS` overrides).
 fn rounds() -> usize {
@@ -77,7 +82,7 @@ fn child_maps(socket: &Path) {
     let Ok(client) = Client::connect(socket) else {
         return;
     };
-    let file = memfd(64 * 64 * 1024);
+    let file = memfd("maps", 64 * 64 * 1024);
     let mut pending = Vec::new();
     for i in 0..64u64 {
         match client.send_dma_map_fd(
@@ -111,7 +116,7 @@ fn child_engine(socket: &Path, by_message: bool) {
         };
         client.dma_map_memory(iova, 32 * MIB, Arc::new(memory), 0, Prot::READ_WRITE)
     } else {
-        _file = memfd(32 * MIB);
+        _file = memfd("engine", 32 * MIB);
         client.dma_map_fd(iova, 32 * MIB, _file.as_fd(), 0, Prot::READ_WRITE)
     };
     if mapped.is_err() {
@@ -139,18 +144,6 @@ fn child_engine(socket: &Path, by_message: bool) {
             return;
         }
     }
-}
-
-fn memfd(size: u64) -> std::fs::File {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    // SAFETY: the name is a NUL-terminated literal; the result is checked and owned by
-    // nobody else.
-    let fd = unsafe { libc::memfd_create(c"kill-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    file.set_len(size).unwrap();
-    file
 }
 
 // ---------------------------------------------------------------------------------------
@@ -181,47 +174,11 @@ fn held(pid: u32) -> Held {
     }
 }
 
-struct Serve {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn serve() -> Serve {
-    let dir = std::env::temp_dir().join(format!("vdma-kill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let socket = dir.join("engine.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_vdma"))
-        .args(["serve", "--socket"])
-        .arg(&socket)
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "vdma serve did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Serve { child, dir, socket }
-}
-
 /// A whole client session: connect, map, run a COPY of `len` bytes (through DMA_READ/WRITE
 /// messages if `by_message`), check it ended, leave.
 fn healthy_session(socket: &Path, len: u64, by_message: bool) {
     let client = Client::connect(socket).expect("the server still serves");
-    let file = memfd(2 * len);
+    let file = memfd("healthy", 2 * len);
     let iova = 0x2000_0000u64;
     if by_message {
         let memory = OwnedMemory::new(2 * len as usize).unwrap();
@@ -287,7 +244,7 @@ impl Rng {
 
 #[test]
 fn kill_at_random_points() {
-    let server = serve();
+    let server = Serve::start("kill");
     let pid = server.child.id();
     // Warm up (thread-locals, allocator pools, the device's worker, its largest copy buffer:
     // the allocator keeps a freed 16 MiB buffer for the next one): whole sessions with the
@@ -320,7 +277,7 @@ fn kill_at_random_points() {
         let _ = child.kill();
         let _ = child.wait();
         assert!(
-            server_alive(&server),
+            server.alive(),
             "the server died at round {round} ({stage}, seed {seed:#x})"
         );
         if round % 100 == 99 {
@@ -336,11 +293,4 @@ fn kill_at_random_points() {
         "memory grew by more than 4 MiB: {base:?} -> {end:?}"
     );
     eprintln!("{n} kills: {base:?} -> {end:?}");
-}
-
-fn server_alive(server: &Serve) -> bool {
-    Path::new(&format!("/proc/{}/status", server.child.id())).exists()
-        && std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
-            .map(|s| !s.contains("State:\tZ"))
-            .unwrap_or(false)
 }

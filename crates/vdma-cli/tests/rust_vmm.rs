@@ -3,72 +3,15 @@
 //! reads and writes, a FILL and a COPY whose bytes show in the client's own view of the memfd,
 //! irq info, unmap and reset.
 
-use std::fs::File;
+mod common;
+
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::os::fd::AsRawFd;
 
 use vdma_cli::dma_engine::registers::*;
+use vdma_model::memfd;
 
-/// `vdma serve` on a fresh socket path, killed (and its directory removed) on drop.
-struct Serve {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-}
-
-impl Serve {
-    fn start(name: &str) -> Serve {
-        let dir = std::env::temp_dir().join(format!("vdma-rust-vmm-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("engine.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_vdma"))
-            .arg("serve")
-            .arg("--socket")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let serve = Serve { child, dir, socket };
-        wait_for_socket(&serve.socket);
-        serve
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn wait_for_socket(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "vdma serve did not create {path:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn memfd(size: u64) -> File {
-    // SAFETY: the name is a NUL-terminated literal; memfd_create returns a new descriptor
-    // (checked below) that nothing else owns.
-    let fd = unsafe { libc::memfd_create(c"guest".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    file.set_len(size).unwrap();
-    file
-}
+use common::Serve;
 
 const BAR0: u32 = 0;
 const CONFIG: u32 = 7;
@@ -139,7 +82,7 @@ fn rust_vmm_client_drives_the_dma_engine() {
 
     // Guest memory: a memfd mapped read-write at IOVA 1 MiB.
     let iova = 0x10_0000u64;
-    let mut guest = memfd(0x10000);
+    let mut guest = memfd("guest", 0x10000);
     client.dma_map(0, iova, 0x10000, guest.as_raw_fd()).unwrap();
 
     // FILL 0x1000 bytes at +0x2000 with the pattern, then COPY them to +0x8000 (+3 bytes).

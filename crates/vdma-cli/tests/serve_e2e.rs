@@ -3,80 +3,27 @@
 //! dirty report of DMA logging, the same commands on memory the client serves through
 //! DMA_READ/DMA_WRITE messages, and unmap while the engine is idle and while it is busy.
 
+mod common;
+
 use std::fs::File;
 use std::io::{ErrorKind, Read};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use vdma::{Memory, OwnedMemory, Prot};
 use vdma_cli::dma_engine::registers::*;
+use vdma_model::{eventfd, memfd};
 use vdma_user::client::Client;
 use vdma_user::protocol::PCI_MSIX_IRQ_INDEX;
+
+use common::Serve;
 
 const MIB: u64 = 1 << 20;
 const RAM: u64 = 0x1_0000_0000;
 const WAIT: Duration = Duration::from_secs(30);
-
-struct Serve {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Serve {
-    fn start() -> (Serve, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("vdma-e2e-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("engine.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_vdma"))
-            .args(["serve", "--socket"])
-            .arg(&socket)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + WAIT;
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "vdma serve did not start");
-            thread::sleep(Duration::from_millis(10));
-        }
-        (Serve { child, dir }, socket)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn memfd(size: u64) -> File {
-    // SAFETY: the name is a NUL-terminated literal; the result is checked and owned by
-    // nobody else.
-    let fd = unsafe { libc::memfd_create(c"e2e".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    file.set_len(size).unwrap();
-    file
-}
-
-fn eventfd() -> OwnedFd {
-    // SAFETY: eventfd takes an initial value and flags; the result is checked.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
-    // SAFETY: a fresh descriptor owned by nobody else.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
 
 /// Waits (bounded) until the eventfd has been signalled `n` times since it was last read.
 fn wait_signals(fd: &OwnedFd, n: u64) {
@@ -138,11 +85,11 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn vdma_client_drives_vdma_serve() {
-    let (_serve, socket) = Serve::start();
-    let client = Client::connect(&socket).unwrap();
+    let serve = Serve::start("e2e");
+    let client = Client::connect(&serve.socket).unwrap();
 
     // Guest memory as a memfd; DMA logging over it at 4 KiB.
-    let file = memfd(4 * MIB);
+    let file = memfd("guest", 4 * MIB);
     client
         .dma_map_fd(RAM, 4 * MIB, file.as_fd(), 0, Prot::READ_WRITE)
         .unwrap();
@@ -211,7 +158,7 @@ fn vdma_client_drives_vdma_serve() {
     // Unmap while busy: a 16 MiB COPY on a fresh memfd, unmapped at once. The unmap returns,
     // the command ends (done if it finished first, EINVAL if not), and no byte changes after
     // the unmap returned.
-    let big = memfd(32 * MIB);
+    let big = memfd("big", 32 * MIB);
     let big_iova = RAM + 64 * MIB;
     big.write_all_at(&pattern(4096, 1), 0).unwrap();
     client

@@ -21,5 +21,5 @@
 mod memory;
 mod model;
 
-pub use memory::{memfd, Made, Memories, MemoryKind, MsgMemory, Real};
+pub use memory::{eventfd, memfd, Made, Memories, MemoryKind, MsgMemory, Real};
 pub use model::{check_bitmap, Mapped, Model, Verdict};

@@ -20,6 +20,16 @@ pub fn memfd(name: &str, len: u64) -> File {
     file
 }
 
+/// A new eventfd (counter 0, close-on-exec, non-blocking), for tests of interrupts.
+pub fn eventfd() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: eventfd takes an initial value and flags; the result is checked.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+    // SAFETY: the descriptor is new and nobody else owns it.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
 /// Memory with no host address (like a vfio-user client's, reached by messages): `dma_rw` must
 /// go through `read_at`/`write_at`, and `translate` must refuse it. An access outside it panics
 /// (fails the test).

@@ -12,6 +12,7 @@ use std::thread;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vdma::{Backing, Config, Container, DeviceId, Error, GroupId, Iova, OwnedMemory, Prot};
+use vdma_model::memfd;
 
 const SLOTS: usize = 16;
 const SLOT: u64 = 64 * 1024;
@@ -54,18 +55,6 @@ impl Buffer {
     }
 }
 
-fn memfd() -> std::fs::File {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    // SAFETY: the name is a NUL-terminated literal; the result is checked and owned by
-    // nobody else.
-    let fd = unsafe { libc::memfd_create(c"stress".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    file.set_len(SLOT).unwrap();
-    file
-}
-
 fn total_ops() -> u64 {
     std::env::var("VDMA_STRESS_OPS")
         .ok()
@@ -82,7 +71,7 @@ fn a_million_accesses_while_a_third_thread_maps_and_unmaps() {
     let buffers: Vec<Buffer> = (0..SLOTS)
         .map(|i| match i % 2 {
             0 => Buffer::Owned(Arc::new(OwnedMemory::new(SLOT as usize).unwrap())),
-            _ => Buffer::File(memfd()),
+            _ => Buffer::File(memfd("stress", SLOT)),
         })
         .collect();
     // Every slot starts unmapped, with the canary in.
