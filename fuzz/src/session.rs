@@ -2,14 +2,17 @@
 //!
 //! Per input, a fresh dma-engine device (`vdma_cli::dma_engine`, the real one: a register
 //! write starts real DMA through the core, on the engine's own thread) behind a fresh
-//! [`Server`] with short timeouts ([`config`]) serves one end of a socketpair on its own
-//! thread (`serve_connection`). The client end plays the input ([`input`]): most of the time
-//! it opens with a valid VERSION, then sends messages with a correct header whose command,
-//! flags and payload the fuzzer picks (sizes fixed up), raw bytes, register writes, each with
-//! 0 to 5 real descriptors (memfds of 1 to 64 KiB, eventfds, /dev/null); it shrinks memfds
-//! under their mappings, and waits for the server or the engine when told. A reader thread
-//! ([`peer`]) answers the server's DMA_READ/DMA_WRITE requests (mappings without a file) as a
-//! script in the input says: correctly, with errors, garbage, late, twice, or never.
+//! [`Server`] with short timeouts ([`config`]) serves one end of a socketpair
+//! (`serve_connection`, on a thread of the harness: the harness's threads are kept from one
+//! input to the next, [`pool`]; the server's and the engine's own are made per input). The
+//! client end plays the input ([`input`]): most of the time it opens with a valid VERSION,
+//! then sends messages with a correct header whose command, flags and payload the fuzzer
+//! picks (sizes fixed up), raw bytes, register writes, each with 0 to 5 real descriptors
+//! (memfds of 1 to 64 KiB, eventfds, /dev/null); it shrinks memfds under their mappings, and
+//! waits for the server or the engine when told (not when the server cannot answer: see
+//! [`Peer::probe`]). A reader thread ([`peer`]) answers the server's DMA_READ/DMA_WRITE
+//! requests (mappings without a file) as a script in the input says: correctly, with errors,
+//! garbage, late, twice, or never.
 //!
 //! Checked, for every input:
 //!
@@ -26,11 +29,11 @@ pub mod fds;
 pub mod input;
 pub mod messages;
 pub mod peer;
+pub mod pool;
 pub mod scm;
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc;
 use std::sync::{Arc, Once};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -43,19 +46,28 @@ use vdma_user::server::{Server, ServerConfig};
 use self::fds::{open_fds, Descriptors};
 use self::input::{command_number, Input, Op};
 use self::peer::Peer;
+use self::pool::Pool;
+
+/// The threads that run `serve_connection`, one session at a time each ([`pool`]).
+static SERVER_THREADS: Pool = Pool::new("fuzz-server");
 
 /// How long the server may take to return after the client closed.
 pub const SERVER_DEADLINE: Duration = Duration::from_secs(5);
-/// The server's DMA reply timeout.
-pub const REPLY_TIMEOUT: Duration = Duration::from_millis(10);
+/// The server's DMA reply timeout: what every unanswered DMA request costs. The client answers
+/// the others within microseconds; at 1 ms, on a loaded machine (2 cores, fuzzing at nice 19),
+/// about one session in 20 of a seed that needs 9 right answers saw one of them time out.
+pub const REPLY_TIMEOUT: Duration = Duration::from_millis(2);
 /// The server's send timeout (the client always reads, so this is only a bound).
 pub const SEND_TIMEOUT: Duration = Duration::from_millis(200);
 /// The most descriptors the server takes in one message (so that 5 is too many).
 pub const MAX_MSG_FDS: u32 = 4;
-/// The most time one input spends waiting for the server and the engine (probes).
-pub const WAIT_BUDGET: Duration = Duration::from_millis(50);
+/// The most time one input spends waiting for the server and the engine (probes). Probes that
+/// cannot be answered do not wait ([`Peer::probe`]): this bounds the waits for a busy engine.
+pub const WAIT_BUDGET: Duration = Duration::from_millis(20);
 /// The most time one probe waits for its reply.
-const PROBE_WAIT: Duration = Duration::from_millis(25);
+const PROBE_WAIT: Duration = Duration::from_millis(10);
+/// The pause between two reads of the engine's STATUS while it is busy.
+const IDLE_POLL: Duration = Duration::from_micros(200);
 
 /// The server's configuration: the defaults, with short timeouts and a small descriptor limit.
 pub fn config() -> ServerConfig {
@@ -136,16 +148,9 @@ pub fn session(input: &Input, check_fds: bool) -> Outcome {
     let before = open_fds();
     {
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
-        let (done, ended) = mpsc::channel();
         let serving = {
             let server = server.clone();
-            thread::Builder::new()
-                .name("fuzz-server".into())
-                .spawn(move || {
-                    let end = server.serve_connection(theirs);
-                    let _ = done.send(format!("{end:?}"));
-                })
-                .expect("spawn the server thread")
+            SERVER_THREADS.spawn(move || format!("{:?}", server.serve_connection(theirs)))
         };
         let peer = Peer::start(ours, input.script.clone(), REPLY_TIMEOUT);
         let mut client = Client {
@@ -160,19 +165,15 @@ pub fn session(input: &Input, check_fds: bool) -> Outcome {
         // The client's own memfds go; the server keeps what it mapped.
         drop(client);
         peer.close();
-        match ended.recv_timeout(SERVER_DEADLINE) {
-            Ok(end) => {
+        match serving.join_timeout(SERVER_DEADLINE) {
+            Some(Ok(end)) => {
                 assert!(end.starts_with("Ok("), "serve_connection failed: {end}");
-                serving.join().expect("the server thread returned");
                 outcome.end = end;
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => panic!(
                 "the server did not return within {SERVER_DEADLINE:?} after the client closed"
             ),
-            Err(mpsc::RecvTimeoutError::Disconnected) => match serving.join() {
-                Ok(()) => unreachable!("the server thread ended without a result"),
-                Err(panic) => std::panic::resume_unwind(panic),
-            },
         }
         outcome.dma_requests = peer.finish();
         let left = server.container().mappings();
@@ -333,7 +334,7 @@ impl Client<'_> {
                 self.statuses.push(status);
                 return;
             }
-            thread::sleep(Duration::from_millis(1));
+            thread::sleep(IDLE_POLL);
         }
     }
 }

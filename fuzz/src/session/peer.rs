@@ -12,7 +12,6 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use vdma_user::protocol::{
@@ -21,19 +20,91 @@ use vdma_user::protocol::{
 use vdma_user::transport::{Connection, Limits, Message, Received};
 
 use super::messages::PROBE_ID;
+use super::pool::{Pool, Task};
 use super::scm;
+
+/// How long after the server's reply timeout a late answer comes.
+pub const LATE_MARGIN: Duration = Duration::from_millis(1);
 
 /// The sending side, shared by the harness and the reader thread.
 pub struct Sender {
     socket: UnixStream,
-    lock: Mutex<()>,
+    /// Held for a whole send; where the stream sent so far stands.
+    framing: Mutex<Framing>,
 }
 
 impl Sender {
     /// Sends `bytes` (anything) with `fds`, whole, not interleaved with another send.
     pub fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        scm::send_all(&self.socket, bytes, fds)
+        self.send_framed(bytes, fds).map(|_| ())
+    }
+
+    /// As [`Sender::send`]; also whether the bytes began between two messages of the stream
+    /// (see [`Framing`]).
+    fn send_framed(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<bool> {
+        let mut framing = self.framing.lock().unwrap_or_else(|e| e.into_inner());
+        let between = framing.between();
+        match scm::send_all(&self.socket, bytes, fds) {
+            Ok(()) => {
+                framing.feed(bytes);
+                Ok(between)
+            }
+            Err(e) => {
+                // Part of the bytes may have gone: the stream's framing is unknown from here.
+                framing.lost = true;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Where the server's reader stands in the stream the client sent, by the transport's framing
+/// (a 16-byte header whose size field, bytes 4 to 8, counts the whole message; a size below
+/// 16 loses the framing and the server closes). A probe sent between two messages is read as
+/// a message of its own and answered; one sent inside a message (after bytes, or a header,
+/// announcing more than came) is read as part of it and never answered.
+#[derive(Default)]
+struct Framing {
+    /// The first bytes of the header being sent.
+    head: [u8; Header::SIZE],
+    /// How many of them.
+    head_len: usize,
+    /// Payload bytes of the current message not sent yet.
+    rest: u64,
+    /// The framing is lost (the server closes) or unknown (a send failed part-way).
+    lost: bool,
+}
+
+impl Framing {
+    /// Whether the next byte sent starts a message.
+    fn between(&self) -> bool {
+        !self.lost && self.head_len == 0 && self.rest == 0
+    }
+
+    /// Follows `bytes` sent.
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && !self.lost {
+            if self.rest > 0 {
+                let n = bytes
+                    .len()
+                    .min(usize::try_from(self.rest).unwrap_or(usize::MAX));
+                self.rest -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = bytes.len().min(Header::SIZE - self.head_len);
+            self.head[self.head_len..self.head_len + n].copy_from_slice(&bytes[..n]);
+            self.head_len += n;
+            bytes = &bytes[n..];
+            if self.head_len == Header::SIZE {
+                self.head_len = 0;
+                let size = u32::from_le_bytes(self.head[4..8].try_into().unwrap());
+                match size.checked_sub(Header::SIZE_U32) {
+                    Some(rest) => self.rest = u64::from(rest),
+                    None => self.lost = true,
+                }
+            }
+        }
     }
 }
 
@@ -54,6 +125,8 @@ struct State {
     ended: bool,
     /// The server's requests received.
     requests: usize,
+    /// The client is closing: a late answer still waiting is not sent.
+    closing: bool,
 }
 
 /// What the harness knows of the negotiated session, for the reader's checks and answers.
@@ -78,6 +151,26 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Waits `delay`, or less if the client closes first (then true).
+    fn wait_or_close(&self, delay: Duration) -> bool {
+        let deadline = Instant::now() + delay;
+        let mut state = self.lock();
+        loop {
+            let now = Instant::now();
+            if state.closing {
+                return true;
+            }
+            if now >= deadline {
+                return false;
+            }
+            state = self
+                .cond
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     fn layout(&self) -> DmaLayout {
         match self.session.layout.load(Ordering::SeqCst) {
             2 => DmaLayout::Qemu,
@@ -86,10 +179,13 @@ impl Shared {
     }
 }
 
+/// The threads that read the client's socket, one session at a time each ([`super::pool`]).
+static READER_THREADS: Pool = Pool::new("fuzz-client-reader");
+
 /// The client end of a session.
 pub struct Peer {
     shared: Arc<Shared>,
-    reader: Option<JoinHandle<()>>,
+    reader: Option<Task<()>>,
 }
 
 impl Peer {
@@ -103,7 +199,7 @@ impl Peer {
         let shared = Arc::new(Shared {
             sender: Arc::new(Sender {
                 socket,
-                lock: Mutex::new(()),
+                framing: Mutex::new(Framing::default()),
             }),
             state: Mutex::new(State::default()),
             cond: Condvar::new(),
@@ -122,10 +218,7 @@ impl Peer {
             .split();
         let reader = {
             let shared = shared.clone();
-            thread::Builder::new()
-                .name("fuzz-client-reader".into())
-                .spawn(move || read_loop(reader, &shared, Script::new(script)))
-                .expect("spawn the client reader")
+            READER_THREADS.spawn(move || read_loop(reader, &shared, Script::new(script)))
         };
         Peer {
             shared,
@@ -155,10 +248,14 @@ impl Peer {
     }
 
     /// Sends `message` (whose id is [`PROBE_ID`]) and waits for its reply until `deadline`;
-    /// `None` if it does not come (the session ended, or it is late).
+    /// `None` if it does not come (the session ended, or it is late) or cannot come: sent
+    /// inside a message whose rest never came, the probe is read as part of that message
+    /// ([`Framing`]), and waiting for its reply would only wait out the deadline.
     pub fn probe(&self, message: &[u8], deadline: Instant) -> Option<Answer> {
         self.shared.lock().probe = None;
-        self.sender().send(message, &[]).ok()?;
+        if !self.shared.sender.send_framed(message, &[]).ok()? {
+            return None;
+        }
         let mut state = self.shared.lock();
         loop {
             if let Some(answer) = state.probe.take() {
@@ -177,8 +274,11 @@ impl Peer {
         }
     }
 
-    /// Shuts the socket down both ways: the server sees the client close, the reader stops.
+    /// Shuts the socket down both ways: the server sees the client close, the reader stops
+    /// (at once, even while it holds back a late answer).
     pub fn close(&self) {
+        self.shared.lock().closing = true;
+        self.shared.cond.notify_all();
         let _ = self.shared.sender.socket.shutdown(std::net::Shutdown::Both);
     }
 
@@ -402,7 +502,10 @@ fn answer(shared: &Shared, m: &Message, s: u8) -> io::Result<()> {
         Reply::LateOrTwice => {
             let right = correct();
             if (s >> 3).is_multiple_of(2) {
-                thread::sleep(shared.reply_timeout + Duration::from_millis(5));
+                if shared.wait_or_close(shared.reply_timeout + LATE_MARGIN) {
+                    // Closed before it was due: the send would fail on the shut socket.
+                    return Ok(());
+                }
                 send(shared, &right, &[])
             } else {
                 send(shared, &right, &[])?;
