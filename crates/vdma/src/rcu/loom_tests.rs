@@ -8,9 +8,14 @@
 //! data race is a use after free) and sets an oracle the reader asserts on when it uses the table.
 //! Tables are really dropped only at the end of each execution.
 //!
-//! Under loom, `membarrier` is unavailable, so readers and writer take the fence fallback; why
-//! that also covers the membarrier path is argued at `membarrier_registered`. The deliberately
-//! broken variants of the protocol are in the `loom/` crate, on a copy that can be broken.
+//! Each configuration runs with membarrier unavailable (readers always fenced), with membarrier
+//! and light readers, and with scripted switches between the modes (`Knobs::fenced_script`; a
+//! reader looks for quiet at every fenced section, so readers also return to light mode in the
+//! middle of a writer's sequence). Under loom, membarrier is `crate::sync`'s model: a pending
+//! barrier is executed by each reader at every point where rcu.rs calls `interrupt_point`.
+//!
+//! The `caught_*` tests switch on one deliberate defect in rcu.rs (`crate::sync::Defect`) and
+//! expect loom to report it; each has a control with the same configuration and no defect.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p vdma --lib --release loom_` (the filter keeps
 //! out the crate's other unit tests, which would use loom's types outside a model).
@@ -21,7 +26,8 @@ use loom::cell::UnsafeCell;
 use loom::sync::Mutex;
 use loom::thread;
 
-use super::{enter, read, synchronize, RcuCell, CURRENT, DEAD, READERS};
+use super::{enter, make_statics, read, synchronize, RcuCell, CURRENT, DEAD, READERS};
+use crate::sync::{become_participant, leave, new_participant, set_knobs, Defect, Knobs};
 
 /// What a released table holds.
 const FREED: u64 = 0xdead;
@@ -120,49 +126,96 @@ enum Sections {
     Fallback(usize),
 }
 
+/// The reader modes a configuration runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Modes {
+    /// No membarrier: readers always fenced.
+    NoMembarrier,
+    /// Membarrier, readers light throughout.
+    Light,
+    /// Membarrier; the writer's grace periods want fenced readers as the bits say (bit k for the
+    /// k-th), and readers return to light whenever they see no grace period since their last
+    /// fenced section.
+    Script(u32),
+}
+
+impl Modes {
+    fn knobs(self, defect: Option<Defect>) -> Knobs {
+        Knobs {
+            membarrier: self != Modes::NoMembarrier,
+            fenced_script: match self {
+                Modes::Script(bits) => bits,
+                _ => 0,
+            },
+            quiet_sections: 0,
+            defect,
+        }
+    }
+}
+
 /// Runs `readers` reader threads, each reading as `sections` says, against a writer doing
-/// `unmaps` unmaps on the model's main thread; returns the number of executions explored.
-fn check(readers: usize, sections: Sections, unmaps: u64) -> usize {
+/// `unmaps` unmaps on the model's main thread, in `modes`, with `defect` in force; returns the
+/// number of executions explored.
+fn check(
+    readers: usize,
+    sections: Sections,
+    unmaps: u64,
+    modes: Modes,
+    defect: Option<Defect>,
+) -> usize {
     let mut builder = loom::model::Builder::new();
-    if builder.preemption_bound.is_none() && readers > 1 {
-        // Three threads with spin-waits: bound the preemptions (every defect the loom/ crate
-        // shows needs at most two) to keep the run in seconds.
-        builder.preemption_bound = Some(3);
+    if builder.preemption_bound.is_none() {
+        // Bound the preemptions (every defect below needs at most two) to keep the run in
+        // seconds: 3, or 2 for three threads with the membarrier model's interrupt points.
+        let bound = if readers > 1 && modes != Modes::NoMembarrier {
+            2
+        } else {
+            3
+        };
+        builder.preemption_bound = Some(bound);
     }
     let runs = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = runs.clone();
     builder.check(move || {
         counter.fetch_add(1, SeqCst);
+        set_knobs(modes.knobs(defect));
+        make_statics();
         let space = Space::new();
         let handles: Vec<_> = (0..readers)
             .map(|_| {
                 let space = space.clone();
-                thread::spawn(move || match sections {
-                    Sections::Plain(n) => {
-                        for _ in 0..n {
-                            space.dma();
+                let participant = new_participant();
+                thread::spawn(move || {
+                    become_participant(participant);
+                    match sections {
+                        Sections::Plain(n) => {
+                            for _ in 0..n {
+                                space.dma();
+                            }
+                        }
+                        Sections::Nested(n) => {
+                            for _ in 0..n {
+                                // The outer section keeps the table alive across the inner
+                                // section's exit.
+                                let outer = enter();
+                                let table = space.cell.load(&outer);
+                                space.dma();
+                                table.use_entry();
+                            }
+                        }
+                        Sections::Fallback(n) => {
+                            // What `Reader::drop` leaves behind when a thread's reader is destroyed.
+                            CURRENT.with(|c| c.set(DEAD));
+                            for _ in 0..n {
+                                read(|guard| {
+                                    assert!(guard._fallback.is_some(), "not the fallback reader");
+                                    space.cell.load(guard).use_entry()
+                                });
+                            }
                         }
                     }
-                    Sections::Nested(n) => {
-                        for _ in 0..n {
-                            // The outer section keeps the table alive across the inner
-                            // section's exit.
-                            let outer = enter();
-                            let table = space.cell.load(&outer);
-                            space.dma();
-                            table.use_entry();
-                        }
-                    }
-                    Sections::Fallback(n) => {
-                        // What `Reader::drop` leaves behind when a thread's reader is destroyed.
-                        CURRENT.with(|c| c.set(DEAD));
-                        for _ in 0..n {
-                            read(|guard| {
-                                assert!(guard._fallback.is_some(), "not the fallback reader");
-                                space.cell.load(guard).use_entry()
-                            });
-                        }
-                    }
+                    // This thread's accesses are over (as if it had exited).
+                    leave();
                 })
             })
             .collect();
@@ -182,50 +235,165 @@ fn check(readers: usize, sections: Sections, unmaps: u64) -> usize {
         }
     });
     let runs = runs.load(SeqCst);
-    println!("{readers} reader(s) x {sections:?}, {unmaps} unmap(s): {runs} executions explored");
+    println!(
+        "{readers} reader(s) x {sections:?}, {unmaps} unmap(s), {modes:?}, {defect:?}: \
+         {runs} executions explored"
+    );
     assert!(runs > 1, "loom explored a single execution");
     runs
 }
 
+/// The modes a configuration with `unmaps` grace periods runs in: no membarrier (readers
+/// always fenced), light throughout, and every script of switches (bit k: the k-th grace
+/// period wants fenced readers).
+fn modes(unmaps: u64) -> Vec<Modes> {
+    let mut all = vec![Modes::NoMembarrier, Modes::Light];
+    all.extend((1..1u32 << unmaps).map(Modes::Script));
+    all
+}
+
+fn check_all(readers: usize, sections: Sections, unmaps: u64) {
+    for modes in modes(unmaps) {
+        check(readers, sections, unmaps, modes, None);
+    }
+}
+
 #[test]
 fn loom_one_reader_one_unmap() {
-    check(1, Sections::Plain(1), 1);
+    check_all(1, Sections::Plain(1), 1);
 }
 
 #[test]
 fn loom_nested_sections() {
-    check(1, Sections::Nested(1), 1);
+    check_all(1, Sections::Nested(1), 1);
 }
 
-#[test]
-fn loom_two_readers_one_unmap() {
-    check(2, Sections::Plain(1), 1);
-}
-
-/// The configuration that found the Relaxed entry store (now Release; the loom/ crate keeps the
-/// Relaxed one as a finding that must fail).
+/// The configuration that found the Relaxed entry store (now Release).
 #[test]
 fn loom_two_sections_one_unmap() {
-    check(1, Sections::Plain(2), 1);
+    check_all(1, Sections::Plain(2), 1);
 }
 
+/// Every script of two grace periods: fenced then light, light then fenced, fenced twice (with
+/// the reader returning to light whenever it sees no new grace period).
 #[test]
 fn loom_two_sections_two_unmaps() {
-    check(1, Sections::Plain(2), 2);
-}
-
-#[test]
-fn loom_two_readers_two_sections() {
-    check(2, Sections::Plain(2), 1);
+    check_all(1, Sections::Plain(2), 2);
 }
 
 #[test]
 fn loom_nested_two_sections() {
-    check(1, Sections::Nested(2), 1);
+    check_all(1, Sections::Nested(2), 1);
+}
+
+/// Two readers (three threads: the preemption bound is 2 with membarrier's model). Light mode
+/// alone is left to the one-reader configurations; the switch to fenced covers both modes.
+#[test]
+fn loom_two_readers_one_unmap() {
+    for modes in [Modes::NoMembarrier, Modes::Script(1)] {
+        check(2, Sections::Plain(1), 1, modes, None);
+    }
+}
+
+#[test]
+fn loom_two_readers_two_sections() {
+    check(2, Sections::Plain(2), 1, Modes::NoMembarrier, None);
 }
 
 /// Two threads on the fallback reader: one slot, sections serialized by its lock.
 #[test]
 fn loom_fallback_two_readers() {
-    check(2, Sections::Fallback(1), 1);
+    for modes in [Modes::NoMembarrier, Modes::Script(1)] {
+        check(2, Sections::Fallback(1), 1, modes, None);
+    }
+}
+
+// --- each deliberate defect is caught; `loom_controls` runs the same configurations without it ---
+
+/// Each `loom_caught_*` test's configuration, with its defect.
+const CAUGHT: [(usize, u64, Modes, Defect); 8] = [
+    (2, 1, Modes::NoMembarrier, Defect::RelaxedEntry),
+    (1, 1, Modes::NoMembarrier, Defect::ReaderFenceMissing),
+    (1, 1, Modes::Light, Defect::WriterBarrierMissing),
+    (1, 1, Modes::Light, Defect::RelaxedExit),
+    (1, 1, Modes::Light, Defect::RelaxedScan),
+    (1, 2, Modes::Script(!0), Defect::ModeBeforeEntry),
+    (1, 1, Modes::Script(!0), Defect::NoSwitchBarrier),
+    (3, 2, Modes::Script(!0), Defect::UnlockedReturnToLight),
+];
+
+/// Runs the `CAUGHT` configuration (sections, unmaps, modes) of `defect`, with it in force.
+fn caught(defect: Defect) {
+    let &(sections, unmaps, modes, _) = CAUGHT.iter().find(|c| c.3 == defect).unwrap();
+    check(1, Sections::Plain(sections), unmaps, modes, Some(defect));
+}
+
+/// The controls: every `CAUGHT` configuration passes without its defect, so each rejection
+/// below is the defect's doing, not the configuration's.
+#[test]
+fn loom_controls() {
+    for (sections, unmaps, modes, _) in CAUGHT {
+        check(1, Sections::Plain(sections), unmaps, modes, None);
+    }
+}
+
+/// What loom found in rcu.rs: a writer waiting for a reader's section to end (slot odd, seq 1)
+/// may next read the store that enters the reader's *following* section (3) rather than the
+/// Release store that ended the first (2). Reading a Relaxed store synchronizes with nothing (a
+/// release sequence continues only through read-modify-writes), so the first section's use of
+/// the old table does not happen before the writer releases it. Harmless on x86-64, undefined
+/// behaviour by the language's rules; rcu.rs stores Release there.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn loom_caught_relaxed_entry() {
+    caught(Defect::RelaxedEntry);
+}
+
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn loom_caught_reader_fence_missing() {
+    caught(Defect::ReaderFenceMissing);
+}
+
+/// In light mode: the writer sends no membarrier.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn loom_caught_writer_barrier_missing() {
+    caught(Defect::WriterBarrierMissing);
+}
+
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn loom_caught_relaxed_exit() {
+    caught(Defect::RelaxedExit);
+}
+
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn loom_caught_relaxed_scan() {
+    caught(Defect::RelaxedScan);
+}
+
+/// A reader that loads the mode before entering may have loaded "light" before the switch's
+/// membarrier and enter after it: then nothing orders its entry store before a later fenced
+/// grace period's scan.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn loom_caught_mode_loaded_before_entry() {
+    caught(Defect::ModeBeforeEntry);
+}
+
+/// Switching readers to fenced without the membarrier: a reader that entered light just before
+/// is not seen.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn loom_caught_switch_without_membarrier() {
+    caught(Defect::NoSwitchBarrier);
+}
+
+/// A reader returning to light mode while a writer relies on fenced readers.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn loom_caught_return_to_light_without_lock() {
+    caught(Defect::UnlockedReturnToLight);
 }
