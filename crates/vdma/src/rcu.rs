@@ -50,6 +50,19 @@ use crate::sync::{
     spin_wait, AtomicBool, AtomicPtr, AtomicU64, Defect, Mutex, MutexGuard, Ordering,
 };
 
+/// A value on cache lines of its own (128 bytes: adjacent-line prefetch pairs lines).
+#[repr(align(128))]
+struct Alone<T>(T);
+
+impl<T> std::ops::Deref for Alone<T> {
+    type Target = T;
+
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// A reader's sequence number, on its own cache lines.
 #[repr(align(128))]
 struct Slot {
@@ -61,9 +74,11 @@ struct Slot {
 static READERS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
 
 /// The reader mode: true while readers must fence after entering. Changed only under
-/// [`SWITCH`]; readers load it with `Relaxed` after their entry store.
+/// [`SWITCH`]; readers load it with `Relaxed` after their entry store. On cache lines of its own:
+/// every section reads it, and the writers' counters next to it would take the line away at
+/// every grace period.
 #[cfg(not(loom))]
-static FENCED: AtomicBool = AtomicBool::new(false);
+static FENCED: Alone<AtomicBool> = Alone(AtomicBool::new(false));
 
 /// Grace periods so far, for readers to notice when none come any more.
 #[cfg(not(loom))]
@@ -97,7 +112,8 @@ fn fallback_reader() -> &'static ReaderState {
 #[cfg(loom)]
 loom::lazy_static! {
     static ref READERS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
-    static ref FENCED: AtomicBool = AtomicBool::new(!crate::sync::knobs().membarrier);
+    static ref FENCED: Alone<AtomicBool> =
+        Alone(AtomicBool::new(!crate::sync::knobs().membarrier));
     static ref SYNCS: AtomicU64 = AtomicU64::new(0);
     static ref SWITCH: AtomicBool = AtomicBool::new(false);
     static ref GRACE: Mutex<Policy> = Mutex::new(Policy::new());
