@@ -720,6 +720,23 @@ fn dma_unmap_dirty_bitmap_from_the_device_log() {
     });
 }
 
+/// One DMA_LOGGING_START may not make the server hold more bitmap than `max_dma_log_bytes`
+/// (64 MiB by default): a range of 2^50 bytes at 4 KiB pages (32 GiB of bitmap) is E2BIG and
+/// nothing starts; a log that fits then starts.
+#[test]
+fn dma_logging_start_past_the_bitmap_bound_is_e2big() {
+    with_session(TestDevice::new(), DmaLayout::Spec, |client, _| {
+        client.version(spec_caps());
+        assert_eq!(start_logging(client, 0, 1 << 50), Some(libc::E2BIG as u32));
+        // One page past 2 TiB at 4 KiB: 8 bytes past the 64 MiB bound.
+        assert_eq!(
+            start_logging(client, 0, (2 << 40) + 4096),
+            Some(libc::E2BIG as u32)
+        );
+        assert_eq!(start_logging(client, 0x10_0000, 0x10000), None);
+    });
+}
+
 #[test]
 fn dma_logging_start_report_stop() {
     with_session(TestDevice::new(), DmaLayout::Spec, |client, _| {

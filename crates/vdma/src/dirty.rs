@@ -153,13 +153,26 @@ fn words(pages: u64) -> usize {
 
 /// A zeroed buffer for `pages` bits, or ENOMEM.
 fn try_zeroed(pages: u64) -> Result<*mut u64> {
-    let mut v: Vec<u64> = Vec::new();
-    v.try_reserve_exact(words(pages)).map_err(|_| Error::Os {
+    let n = words(pages);
+    let no_memory = || Error::Os {
         op: "allocate a dirty bitmap",
         source: std::io::Error::from_raw_os_error(libc::ENOMEM),
-    })?;
-    v.resize(words(pages), 0);
-    Ok(Box::into_raw(v.into_boxed_slice()) as *mut u64)
+    };
+    let layout = std::alloc::Layout::array::<u64>(n).map_err(|_| no_memory())?;
+    if layout.size() == 0 {
+        return Ok(zeroed(pages));
+    }
+    // Zeroed by the allocator, not by writing: a large bitmap comes from fresh anonymous pages
+    // that take memory only once a bit in them is set (a log over a big, mostly idle guest).
+    // SAFETY: the layout has a non-zero size (checked above).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut u64;
+    if ptr.is_null() {
+        return Err(no_memory());
+    }
+    // SAFETY: `ptr` is a fresh allocation of `n` zeroed u64s with the layout of `[u64; n]`, so
+    // a boxed slice of it owns it and frees it with the same layout, as `zeroed`'s buffers.
+    let words = unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n)) };
+    Ok(Box::into_raw(words) as *mut u64)
 }
 
 /// A zeroed buffer for `pages` bits; the size was accepted once already.

@@ -385,6 +385,14 @@ impl<'a> Commands<'a> {
                 if list.is_empty() {
                     list = self.mapped_ranges();
                 }
+                // The bitmap memory the log would hold (an invalid page size is the core's
+                // EINVAL, below).
+                let bytes = list.iter().fold(0u64, |sum, &(_, length)| {
+                    sum.saturating_add(dirty_bitmap_bytes(length, page_size).unwrap_or(0))
+                });
+                if bytes > self.shared.config.max_dma_log_bytes {
+                    return Err(CommandError::TooLarge("DMA log past max_dma_log_bytes"));
+                }
                 self.handle.dma_logging_start(&list, page_size)?;
                 Ok(Reply::new(encode_feature(flags, &[])))
             }

@@ -19,6 +19,11 @@ pub struct ServerConfig {
     /// The largest dirty bitmap sent in one reply, in bytes (advertised as the migration
     /// `max_bitmap_size`; default 1 MiB, what one message carries).
     pub max_bitmap_size: u64,
+    /// The most dirty-bitmap memory one DMA_LOGGING_START may make the server hold, in bytes,
+    /// over all its ranges (default 64 MiB: 2 TiB of guest memory at 4 KiB pages); past it,
+    /// E2BIG and nothing starts. Without it a client could make the server allocate 512 MiB of
+    /// bitmap with one message.
+    pub max_dma_log_bytes: u64,
     /// How the DMA_READ/DMA_WRITE layout is picked (default: detected from the client's
     /// VERSION, see [`crate::protocol::DmaLayout::detect`]).
     pub dma_layout: DmaLayoutChoice,
@@ -48,6 +53,7 @@ impl Default for ServerConfig {
             max_data_xfer_size: Capabilities::DEFAULT_MAX_DATA_XFER_SIZE as u32,
             max_msg_fds: 16,
             max_bitmap_size: Capabilities::DEFAULT_MAX_DATA_XFER_SIZE,
+            max_dma_log_bytes: 64 << 20,
             dma_layout: DmaLayoutChoice::Auto,
             reply_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(10),
