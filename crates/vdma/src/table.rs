@@ -40,6 +40,8 @@ static NEXT_GEN: AtomicU64 = AtomicU64::new(1);
 struct Hot {
     /// The table generation it was taken from (0: none; generations start at 1).
     gen: u64,
+    /// That table's epoch (see [`Table::epoch`]).
+    epoch: u64,
     start: u64,
     last: u64,
     prot: Prot,
@@ -54,6 +56,7 @@ struct Hot {
 impl Hot {
     const NONE: Hot = Hot {
         gen: 0,
+        epoch: 0,
         start: 1,
         last: 0,
         prot: Prot::NONE,
@@ -87,11 +90,13 @@ pub(crate) struct HotHit<'g> {
 }
 
 impl<'g> HotHit<'g> {
-    /// The entry itself.
+    /// The entry itself; only for a hit that `marks` (others may come from an earlier table of
+    /// the epoch, whose entry may be gone).
     #[inline(always)]
     pub(crate) fn entry(&self) -> &'g Entry {
-        // SAFETY: the hit was made from a hint of the same generation as the table borrowed
-        // for 'g: that table, whose entries never move while it lives.
+        assert!(self.marks, "HotHit::entry of a hit that does not mark");
+        // SAFETY: a hit that marks was made from a hint of the same generation as the table
+        // borrowed for 'g (`Table::hot`): that table, whose entries never move while it lives.
         unsafe { &*self.entry }
     }
 }
@@ -225,7 +230,13 @@ impl Directory {
 
 /// One version of the table.
 pub(crate) struct Table {
+    /// Unique in the process: one table, one generation.
     gen: u64,
+    /// Shared by a table and the tables made from it by adding entries (`map`), and by nothing
+    /// else (every other change starts a new epoch): a translation taken from a table of this
+    /// epoch is still right in this one, and its mapping still here (adding a mapping changes
+    /// no existing one). So a `map` next to a reader does not invalidate the reader's hint.
+    epoch: u64,
     firsts: Vec<u64>,
     chunks: Vec<Arc<Chunk>>,
     len: usize,
@@ -241,8 +252,10 @@ impl Table {
     }
 
     fn from_chunks(chunks: Vec<Arc<Chunk>>, device_logs: Arc<[Arc<DeviceLog>]>) -> Table {
+        let gen = NEXT_GEN.fetch_add(1, Ordering::Relaxed);
         Table {
-            gen: NEXT_GEN.fetch_add(1, Ordering::Relaxed),
+            gen,
+            epoch: gen,
             firsts: chunks.iter().map(|c| c.starts[0]).collect(),
             len: chunks.iter().map(|c| c.entries.len()).sum(),
             chunks,
@@ -313,7 +326,9 @@ impl Table {
     #[inline(always)]
     pub(crate) fn hot<'g>(&'g self, _guard: &'g Guard) -> Option<HotHit<'g>> {
         let h = HOT.with(Cell::get);
-        if h.gen != self.gen {
+        // A hint of an earlier table of this epoch is still right; one that marks dirt needs
+        // its entry, which only the very table it came from holds (`HotHit::entry`).
+        if (h.epoch != self.epoch) | (h.marks & (h.gen != self.gen)) {
             return None;
         }
         Some(HotHit {
@@ -322,8 +337,9 @@ impl Table {
             prot: h.prot,
             marks: h.marks,
             // SAFETY: `h.host` was copied from the entry's region when the hint was set from a
-            // table of this generation, which is `self` (generations are unique); `self` is
-            // alive for 'g, and with it the entry's mapping, which owns that memory.
+            // table of this epoch: `self`, or one that `self` was made from by adding entries
+            // only, so the entry's mapping is in `self` too; `self` is alive for 'g, and with
+            // it that mapping, which owns that memory.
             host: h.host.map(|w| unsafe { w.region() }),
             entry: h.entry,
             _table: PhantomData,
@@ -337,6 +353,7 @@ impl Table {
         HOT.with(|c| {
             c.set(Hot {
                 gen: self.gen,
+                epoch: self.epoch,
                 start: entry.start,
                 last: entry.last,
                 prot: entry.prot,
@@ -433,7 +450,7 @@ impl Table {
         let mut chunks = self.chunks.clone();
         if chunks.is_empty() {
             chunks.push(Arc::new(Chunk::from_entries(vec![entry])));
-            return Table::from_chunks(chunks, self.device_logs.clone());
+            return self.grown(chunks);
         }
         let at = self
             .firsts
@@ -451,7 +468,15 @@ impl Table {
         } else {
             chunks[at] = Arc::new(chunk);
         }
-        Table::from_chunks(chunks, self.device_logs.clone())
+        self.grown(chunks)
+    }
+
+    /// The table of `chunks`, which are this table's with entries added: same epoch.
+    fn grown(&self, chunks: Vec<Arc<Chunk>>) -> Table {
+        Table {
+            epoch: self.epoch,
+            ..Table::from_chunks(chunks, self.device_logs.clone())
+        }
     }
 
     /// A new table without the entries that start in `[start, last]`, and those entries.
@@ -624,5 +649,33 @@ mod tests {
         let (t, removed) = t.without(0, u64::MAX);
         assert_eq!(removed.len(), (n / 2) as usize);
         assert_eq!(t.len(), 0);
+    }
+
+    /// The thread's hint survives a `map` of another range (same epoch) but not an `unmap`
+    /// (new epoch), and the translation it gives after the `map` is the one it had.
+    #[test]
+    fn a_hint_survives_a_map_but_not_an_unmap() {
+        let guard = crate::rcu::enter();
+        let t1 = Table::empty().with(entry(0x1000, 0x1000));
+        let e = t1.find_hinted(0x1800, &guard).expect("mapped");
+        assert_eq!(e.start, 0x1000);
+        let t2 = t1.with(entry(0x10_0000, 0x1000));
+        let hit = t2.hot(&guard).expect("a map keeps the hint");
+        assert_eq!((hit.start, hit.last), (0x1000, 0x1fff));
+        let (t3, removed) = t2.without(0x10_0000, 0x10_0fff);
+        assert_eq!(removed.len(), 1);
+        assert!(t3.hot(&guard).is_none(), "an unmap invalidates the hint");
+        // Other tables of the same entries (device logs, rebuilt entries) are new epochs too.
+        t3.find_hinted(0x1800, &guard).expect("mapped");
+        let t4 = t3.with_device_logs(Arc::from([]));
+        assert!(t4.hot(&guard).is_none());
+        // A hint whose writes mark dirt needs its very entry: no hit on a grown table.
+        let memory = Arc::new(OwnedMemory::new(0x1000).unwrap());
+        let mapping = Arc::new(Mapping::new(Iova(0x20_0000), 0x1000, Prot::READ, memory, 0));
+        let tracked = Table::empty().with(Entry::new(mapping, Some(12)).unwrap());
+        tracked.find_hinted(0x20_0000, &guard).expect("mapped");
+        assert!(tracked.hot(&guard).is_some_and(|h| h.marks));
+        let grown = tracked.with(entry(0x1000, 0x1000));
+        assert!(grown.hot(&guard).is_none());
     }
 }
