@@ -448,18 +448,19 @@ impl Harness {
 
     // --- running operations ---
 
+    /// The model's `idx`-th mapping (modulo their number), if there is any.
+    fn nth_mapping(&self, idx: usize) -> Option<(&u64, &vdma_model::Mapped)> {
+        let n = self.model.mappings.len().max(1);
+        self.model.mappings.iter().nth(idx % n)
+    }
+
     fn map_place(&self, at: MapAt, pages: u64) -> u64 {
         let ps = self.ps();
         let base = self.setup.base;
         match at {
             MapAt::Page(p) => base + p * ps,
             MapAt::Next { idx, gap, before } => {
-                let Some((&s, m)) = self
-                    .model
-                    .mappings
-                    .iter()
-                    .nth(idx % self.model.mappings.len().max(1))
-                else {
+                let Some((&s, m)) = self.nth_mapping(idx) else {
                     return base + (idx as u64 % WINDOW_PAGES) * ps;
                 };
                 let iova = if before {
@@ -506,12 +507,7 @@ impl Harness {
         match place {
             Place::Window(at) => self.setup.base.wrapping_add(at),
             Place::Near { idx, end, delta } => {
-                let Some((&s, m)) = self
-                    .model
-                    .mappings
-                    .iter()
-                    .nth(idx % self.model.mappings.len().max(1))
-                else {
+                let Some((&s, m)) = self.nth_mapping(idx) else {
                     return self
                         .setup
                         .base
