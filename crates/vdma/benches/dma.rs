@@ -35,7 +35,7 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use vdma::{Backing, Config, Container, GroupHandle, GroupId, Iova, Prot};
+use vdma::{Backing, Config, Container, GroupHandle, GroupId, HostRegion, Iova, Prot};
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap,
     MmapRegion,
@@ -227,6 +227,14 @@ struct Guest {
 }
 
 impl Guest {
+    /// vdma's copy routine alone, without the address space: a `HostRegion` over the flat
+    /// mapping (`vdma-copy`), the baseline for what vdma's lookup costs on top of its copy.
+    fn region(&self) -> HostRegion {
+        // SAFETY: the flat mapping is readable and writable for REGION bytes and outlives every
+        // benchmark (the fixtures live until the end of `main`).
+        unsafe { HostRegion::new(self.flat.ptr, REGION) }
+    }
+
     fn new(prefault_all: bool) -> Guest {
         let t0 = Instant::now();
         let file = memfd(REGION);
@@ -487,6 +495,21 @@ fn copy_group(c: &mut Criterion, fx: &Fixtures, name: &str, dir: Dir, sweep: boo
             })
         });
 
+        g.bench_with_input(BenchmarkId::new("vdma-copy", size), &size, |b, &size| {
+            let region = fx.copy().region();
+            let mut cur = new_cursor();
+            let buf = &mut buf[..size];
+            b.iter(|| {
+                let off = (if sweep { cur.next() } else { HOT_OFF }) as u64;
+                let ok = match dir {
+                    Dir::Read => region.read(off, buf),
+                    Dir::Write => region.write(off, buf),
+                };
+                assert!(ok);
+                black_box(buf.as_mut_ptr());
+            })
+        });
+
         g.bench_with_input(BenchmarkId::new("vdma", size), &size, |b, &size| {
             let h = &fx.copy().handle;
             let mut cur = new_cursor();
@@ -501,6 +524,76 @@ fn copy_group(c: &mut Criterion, fx: &Fixtures, name: &str, dir: Dir, sweep: boo
                 black_box(buf.as_mut_ptr());
             })
         });
+    }
+    g.finish();
+}
+
+/// Sizes of the `copy_routine` group: around the range where vdma copies with its own vector
+/// loop instead of `memcpy` (`memory/copy.rs`).
+const ROUTINE_SIZES: [usize; 8] = [
+    1 << 10,
+    2 << 10,
+    4 << 10,
+    8 << 10,
+    16 << 10,
+    32 << 10,
+    64 << 10,
+    256 << 10,
+];
+
+/// `memcpy` against vdma's copy routine alone (a `HostRegion`, no lookup), hot reads and writes
+/// at the sizes around the vector loop's range: the evidence for that range.
+fn routine_group(c: &mut Criterion, fx: &Fixtures) {
+    let mut g = c.benchmark_group("copy_routine");
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_millis(1200))
+        .sample_size(40);
+    let mut storage = Buf::new(1 << 20);
+    let buf = storage.bytes();
+    for size in ROUTINE_SIZES {
+        g.throughput(Throughput::Bytes(size as u64));
+        for dir in [Dir::Read, Dir::Write] {
+            let d = if dir == Dir::Read { "read" } else { "write" };
+            g.bench_with_input(
+                BenchmarkId::new(format!("memcpy-{d}"), size),
+                &size,
+                |b, &size| {
+                    let host = fx.copy().flat.at(HOT_OFF);
+                    let buf = &mut buf[..size];
+                    b.iter(|| {
+                        let len = black_box(size);
+                        // SAFETY: `HOT_OFF + len` lies inside the flat mapping; `buf` is private.
+                        unsafe {
+                            match dir {
+                                Dir::Read => {
+                                    std::ptr::copy_nonoverlapping(host, buf.as_mut_ptr(), len)
+                                }
+                                Dir::Write => {
+                                    std::ptr::copy_nonoverlapping(buf.as_ptr(), host, len)
+                                }
+                            }
+                        }
+                        black_box(buf.as_mut_ptr());
+                    })
+                },
+            );
+            g.bench_with_input(
+                BenchmarkId::new(format!("vdma-copy-{d}"), size),
+                &size,
+                |b, &size| {
+                    let region = fx.copy().region();
+                    let buf = &mut buf[..size];
+                    b.iter(|| {
+                        let ok = match dir {
+                            Dir::Read => region.read(HOT_OFF as u64, buf),
+                            Dir::Write => region.write(HOT_OFF as u64, buf),
+                        };
+                        assert!(ok);
+                        black_box(buf.as_mut_ptr());
+                    })
+                },
+            );
+        }
     }
     g.finish();
 }
@@ -837,6 +930,7 @@ fn main() {
     copy_group(&mut c, &fx, "copy_hot_write", Dir::Write, false);
     copy_group(&mut c, &fx, "copy_sweep_read", Dir::Read, true);
     copy_group(&mut c, &fx, "copy_sweep_write", Dir::Write, true);
+    routine_group(&mut c, &fx);
     lookup_groups(&mut c, &fx);
     threads_group(&mut c, &fx, !test_mode);
 

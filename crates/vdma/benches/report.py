@@ -90,19 +90,45 @@ def fmt_ratio(r):
 
 
 def copy_table(group):
+    funcs = FUNCS + ["vdma-copy"]
     print(f"### `{group}`\n")
     print(
-        "| size | memcpy | vm-memory | vdma | memcpy GiB/s | vm-memory GiB/s | vdma GiB/s "
-        "| vdma / memcpy (thrpt) | vdma / vm-memory (time) |"
+        "| size | memcpy | vm-memory | vdma | vdma-copy | memcpy GiB/s | vm-memory GiB/s "
+        "| vdma GiB/s | vdma / memcpy (thrpt) | vdma / vm-memory (time) "
+        "| vdma / vdma-copy (thrpt) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size in SIZES:
-        es = [estimate(group, f, size) for f in FUNCS]
+        es = [estimate(group, f, size) for f in funcs]
         thr = [None if e is None else gib_s(size, e[0]) for e in es]
         cells = [fmt_time(e) for e in es]
-        cells += ["–" if x is None else f"{x:.2f}" for x in thr]
+        cells += ["–" if x is None else f"{x:.2f}" for x in thr[:3]]
         cells.append(fmt_ratio(ratio(thr[2], thr[0])))
         cells.append(fmt_ratio(ratio(t(group, "vdma", size), t(group, "vm-memory", size))))
+        cells.append(fmt_ratio(ratio(thr[2], thr[3])))
+        print(f"| {fmt_size(size)} | " + " | ".join(cells) + " |")
+    print(
+        "\nvdma-copy: vdma's copy routine alone (a `HostRegion` over the same memory, no address "
+        "space): the last column is what the lookup costs.\n"
+    )
+
+
+ROUTINE_SIZES = [1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144]
+
+
+def routine_table():
+    group = "copy_routine"
+    print(f"### `{group}` (hot copies: glibc memcpy against vdma's copy routine)\n")
+    print("| size | memcpy read | vdma-copy read | memcpy write | vdma-copy write "
+          "| read: vdma-copy / memcpy (thrpt) | write: vdma-copy / memcpy (thrpt) |")
+    print("|---|---|---|---|---|---|---|")
+    for size in ROUTINE_SIZES:
+        cells = []
+        for d in ["read", "write"]:
+            cells += [fmt_time(estimate(group, f"{f}-{d}", size)) for f in ["memcpy", "vdma-copy"]]
+        for d in ["read", "write"]:
+            cells.append(fmt_ratio(ratio(t(group, f"memcpy-{d}", size),
+                                         t(group, f"vdma-copy-{d}", size))))
         print(f"| {fmt_size(size)} | " + " | ".join(cells) + " |")
     print()
 
@@ -338,6 +364,7 @@ def main():
     targets()
     for g in ["copy_hot_read", "copy_hot_write", "copy_sweep_read", "copy_sweep_write"]:
         copy_table(g)
+    routine_table()
     lookup_random_table()
     lookup_hot_table()
     threads_table()

@@ -5,6 +5,7 @@
 //! loads and stores. Other memory (another process's, a vfio-user client's) implements
 //! [`Memory::read_at`]/[`Memory::write_at`] and `dma_rw` calls those.
 
+mod copy;
 mod fault;
 mod file;
 mod host;

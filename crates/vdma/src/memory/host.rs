@@ -2,12 +2,13 @@
 //!
 //! This module owns every copy between a caller's buffer and shared memory. The memory may be
 //! changed at any time by a guest or another process, so it is never turned into a Rust
-//! reference: bytes move with `copy_nonoverlapping` between raw pointers.
+//! reference: bytes move between raw pointers (`copy.rs`).
 
 use std::ptr::NonNull;
 use std::sync::atomic::{compiler_fence, Ordering};
 
 use crate::address::HostAddr;
+use crate::memory::copy::copy;
 use crate::memory::fault::{self, NO_SLOT};
 
 /// A range of host memory mapped in this process, valid while the value lives.
@@ -170,35 +171,5 @@ impl HostRegion {
     #[inline]
     fn fits(&self, offset: u64, len: usize) -> bool {
         offset <= self.len as u64 && len as u64 <= self.len as u64 - offset
-    }
-}
-
-/// Copies `len` bytes; register-sized transfers (device registers, descriptors) as one load and
-/// one store, the rest with `memcpy`.
-///
-/// # Safety
-/// `src` must be readable and `dst` writable for `len` bytes, and the ranges must not overlap.
-#[inline(always)]
-unsafe fn copy(src: *const u8, dst: *mut u8, len: usize) {
-    // SAFETY: forwarded to the caller; unaligned accesses are explicit.
-    unsafe {
-        // One compare for every bulk copy; the register-sized cases only below it.
-        if len > 8 {
-            std::ptr::copy_nonoverlapping(src, dst, len);
-            return;
-        }
-        match len {
-            8 => dst
-                .cast::<u64>()
-                .write_unaligned(src.cast::<u64>().read_unaligned()),
-            4 => dst
-                .cast::<u32>()
-                .write_unaligned(src.cast::<u32>().read_unaligned()),
-            2 => dst
-                .cast::<u16>()
-                .write_unaligned(src.cast::<u16>().read_unaligned()),
-            1 => *dst = *src,
-            _ => std::ptr::copy_nonoverlapping(src, dst, len),
-        }
     }
 }
