@@ -685,6 +685,17 @@ enum Reader {
     Vdma,
 }
 
+/// The `threads` group's third thread.
+#[derive(Clone, Copy, PartialEq)]
+enum Mapper {
+    /// No mapper.
+    None,
+    /// Maps and unmaps as fast as it can.
+    FlatOut,
+    /// Maps and unmaps at this many calls per second.
+    Paced(u64),
+}
+
 /// What the `threads` runs did besides their wall time, summed over every call (warm-up
 /// included), for BENCHMARKS.md.
 #[derive(Default)]
@@ -706,7 +717,7 @@ fn run_threads(
     threads: usize,
     iters: u64,
     reader: Reader,
-    mapper: bool,
+    mapper: Mapper,
     stats: &mut ThreadStats,
 ) -> Duration {
     let stop = AtomicBool::new(false);
@@ -726,11 +737,24 @@ fn run_threads(
     }
     let mapper_cpus = &mapper_cpus;
     std::thread::scope(|s| {
-        let mapper_thread = mapper.then(|| {
+        let mapper_thread = (mapper != Mapper::None).then(|| {
             let (stop, ops) = (&stop, &mapper_ops);
             s.spawn(move || {
                 set_affinity(mapper_cpus);
                 let c0 = thread_cpu_time();
+                // A paced mapper waits (spinning: it has a CPU of its own) until its next call
+                // is due, `1 / rate` after the previous one was.
+                let t0 = Instant::now();
+                let mut calls = 0u64;
+                let mut pace = || {
+                    calls += 1;
+                    if let Mapper::Paced(rate) = mapper {
+                        let due = t0 + Duration::from_nanos(calls * 1_000_000_000 / rate);
+                        while Instant::now() < due && !stop.load(Ordering::Relaxed) {
+                            std::hint::spin_loop();
+                        }
+                    }
+                };
                 while !stop.load(Ordering::Relaxed) {
                     for j in 0..MAPPER_RANGES {
                         copy.space
@@ -742,18 +766,20 @@ fn run_threads(
                             )
                             .expect("mapper: map");
                         ops.fetch_add(1, Ordering::Relaxed);
+                        pace();
                     }
                     for j in 0..MAPPER_RANGES {
                         copy.space
                             .unmap(Iova(MAPPER_BASE + j * MAPPER_SIZE), MAPPER_SIZE)
                             .expect("mapper: unmap");
                         ops.fetch_add(1, Ordering::Relaxed);
+                        pace();
                     }
                 }
                 thread_cpu_time() - c0
             })
         });
-        if mapper {
+        if mapper != Mapper::None {
             while mapper_ops.load(Ordering::Relaxed) == 0 {
                 std::thread::yield_now();
             }
@@ -827,20 +853,29 @@ fn threads_group(c: &mut Criterion, fx: &Fixtures, record: bool) {
         .throughput(Throughput::Bytes(4096));
     let all = Mutex::new(BTreeMap::<String, ThreadStats>::new());
     let cases = [
-        ("memcpy", Reader::Memcpy, false),
-        ("vdma", Reader::Vdma, false),
-        ("vdma+map_unmap", Reader::Vdma, true),
+        ("memcpy", Reader::Memcpy, Mapper::None),
+        ("vdma", Reader::Vdma, Mapper::None),
+        ("vdma+map_unmap", Reader::Vdma, Mapper::FlatOut),
     ];
     for threads in [1usize, 2] {
         for (name, reader, mapper) in cases {
             bench_threads(&mut g, fx, &all, name, threads, reader, mapper);
         }
     }
+    // The reader next to mappers at set rates (what a VMM does is far below flat out): how the
+    // cost grows with the rate.
+    let paced = [
+        ("vdma+map_unmap@10k", Mapper::Paced(10_000)),
+        ("vdma+map_unmap@100k", Mapper::Paced(100_000)),
+    ];
+    for (name, mapper) in paced {
+        bench_threads(&mut g, fx, &all, name, 1, Reader::Vdma, mapper);
+    }
     g.finish();
     let all = all.into_inner().unwrap();
     // Only a run of the whole group replaces the file (a filtered or profiling run would leave
     // it with a few entries or none).
-    if record && all.len() == 2 * cases.len() {
+    if record && all.len() == 2 * cases.len() + paced.len() {
         write_thread_stats(&all);
     }
 }
@@ -852,7 +887,7 @@ fn bench_threads(
     name: &str,
     threads: usize,
     reader: Reader,
-    mapper: bool,
+    mapper: Mapper,
 ) {
     g.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &threads| {
         let copy = fx.copy();
