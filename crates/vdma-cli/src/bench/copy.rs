@@ -1,5 +1,6 @@
 //! The copy contenders: one transfer of a given size at the same address, again and again:
-//! memcpy through the flat mapping (the limit), vm-memory's `read_slice`/`write_slice`, and
+//! memcpy through the flat mapping (the limit), vm-memory's `read_slice`/`write_slice`, vdma's
+//! copy routine alone over the flat mapping (`vdma-copy`: no address space, no lookup), and
 //! vdma's `dma_rw` on a device handle over each kind of memory: the memfd (a shared file
 //! mapping), another process's memory (`process_vm_readv/writev`) and memory a vfio-user client
 //! serves through DMA_READ/DMA_WRITE messages.
@@ -19,6 +20,8 @@ use super::BenchError;
 pub(crate) const MEMCPY: &str = "memcpy";
 /// vm-memory.
 pub(crate) const VM_MEMORY: &str = "vm-memory";
+/// vdma's copy routine alone (a `HostRegion` over the flat mapping, no address space).
+pub(crate) const VDMA_COPY: &str = "vdma-copy";
 /// vdma over the memfd.
 pub(crate) const VDMA_FD: &str = "vdma fd";
 /// vdma over another process's memory.
@@ -59,6 +62,24 @@ pub(crate) fn contenders<'f>(
             guest.vm.read_slice(buf.bytes_mut(), addr)
         };
         r.map_err(|e| BenchError::VmMemory(e.to_string()))?;
+        black_box(buf.bytes_mut().as_mut_ptr());
+        Ok(())
+    }));
+
+    let mut buf = AlignedBuf::new(size, 0x44);
+    let region = guest.flat.region();
+    out.push(Contender::looped(VDMA_COPY, move || {
+        let ok = if write {
+            region.write(HOT_OFF as u64, buf.bytes())
+        } else {
+            region.read(HOT_OFF as u64, buf.bytes_mut())
+        };
+        if !ok {
+            return Err(BenchError::Check {
+                what: VDMA_COPY.into(),
+                reason: format!("the copy at {HOT_OFF:#x} failed"),
+            });
+        }
         black_box(buf.bytes_mut().as_mut_ptr());
         Ok(())
     }));

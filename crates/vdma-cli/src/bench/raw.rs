@@ -97,6 +97,15 @@ impl Flat {
         };
     }
 
+    /// vdma's copy routine alone over this mapping, without an address space: the
+    /// `vdma-copy` contender (what vdma's lookup costs on top of its copy). The region must
+    /// not outlive `self`; the contender that holds it borrows the guest that holds `self`.
+    pub(crate) fn region(&self) -> vdma::HostRegion {
+        // SAFETY: the mapping is readable and writable for `len` bytes while `self` lives, and
+        // callers keep the region no longer than that (see above).
+        unsafe { vdma::HostRegion::new(self.ptr, self.len) }
+    }
+
     /// Copies `buf` to `off` with a real call to `memcpy` (see [`Flat::read`]).
     #[inline(always)]
     pub(crate) fn write(&self, off: usize, buf: &[u8]) {
