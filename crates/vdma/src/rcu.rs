@@ -1,39 +1,46 @@
 //! Read-copy-update for the address space: how `dma_rw` finds a mapping without a lock, and how
 //! `unmap` knows that no access to removed memory is in flight.
 //!
-//! Readers: each thread owns a [`Slot`] whose sequence number is odd while the thread is inside
-//! a read section. Entering is a plain load and store of the thread's own counter, then a load
-//! of the reader mode ([`FENCED`]); leaving is one release store. No read-modify-write.
+//! Readers: each thread owns a [`Slot`]. Its `seq` is odd while the thread is inside a read
+//! section: entering is a plain load and store of it, leaving one release store; no
+//! read-modify-write. Every entry then loads [`SYNCS`], the number of the last grace period
+//! begun (acquire), and when it changed stores it to the slot's `ack` (release).
 //!
-//! Writers publish a new table, then call [`synchronize`]: a barrier orders every reader's "I am
-//! inside" store against its load of the table pointer, then the writer waits for every slot
-//! that was odd to change. A reader that entered after the barrier sees the new table; one that
-//! entered before is waited for. After that the old table and the memory only it referenced can
-//! be freed.
+//! Writers publish a new table, then call [`synchronize`], which begins grace period `g`
+//! (`SYNCS`, release) and, for each reader, waits for one of two proofs:
 //!
-//! The barrier comes in two modes, chosen by the writers' rate ([`Policy`]):
+//! - **acknowledged**: `ack >= g` (acquire). The reader's sections before that store are over
+//!   (release), and the one that stored it, like every later one, loads the table pointer after
+//!   its acquire load of `SYNCS` saw `g`, so after the new table was published. A reader that
+//!   keeps calling gives this proof at its next entry, within nanoseconds, for the cost of two
+//!   cache misses: no interrupt, no fence. The writer polls for it for [`ACK_SPIN`].
+//! - **quiescent**, for the readers that did not acknowledge (idle threads, or one long
+//!   section): a barrier orders each such reader's "I am inside" store against its load of the
+//!   table pointer, then the writer waits for every `seq` that was odd to change. A reader that
+//!   entered after the barrier sees the new table; one that entered before is waited for.
 //!
-//! - **light** (the usual one): readers execute no fence; the writer's `membarrier
-//!   (PRIVATE_EXPEDITED)` makes every running thread of the process execute one for them
-//!   (liburcu's "memb" flavour). Free for readers, but every grace period interrupts every CPU
-//!   that runs a thread of the process (an IPI: microseconds each in a virtual machine).
-//! - **fenced**, while grace periods come quickly (a VMM mapping and unmapping all the time):
-//!   readers execute a full fence after entering (about 1.5 ns), the writer a plain fence.
-//!   No interrupt.
+//! The barrier depends on the reader's **mode** (in its slot):
 //!
-//! Switching is safe because [`FENCED`] changes only under [`SWITCH`], which a writer holds for
-//! its whole grace period; every switch to fenced is followed by a membarrier before any writer
-//! relies on it (after which no reader can load the old mode: each loads it *after* its entry
-//! store, so a reader that loaded "light" has its entry store before the barrier and is seen by
-//! the scan); and a switch to light is seen by the next writer, which then takes the membarrier
-//! again. Readers return to light
-//! themselves when they see no grace period for a while (`ReaderState::check_quiet`).
+//! - **light** (a new reader's): the reader executes no fence, so the writer needs
+//!   `membarrier(PRIVATE_EXPEDITED)` (liburcu's "memb" flavour: the kernel makes every running
+//!   thread of the process execute one; an interrupt per CPU, microseconds in a virtual
+//!   machine). The writer also turns the reader **fenced**, so that it pays this once per
+//!   reader that goes idle, not once per grace period.
+//! - **fenced**: the reader executes a full fence after entering (nothing, while it is idle),
+//!   and the writer a plain fence. A fenced reader that runs [`LIGHT_AFTER`] sections returns
+//!   itself to light (a busy reader acknowledges; the fence would only cost it).
 //!
-//! Where `membarrier` is unavailable (old kernel, seccomp), readers are always fenced.
+//! Mode changes are safe because: a reader loads its mode *after* its entry store; a writer
+//! that turns a reader fenced takes the membarrier in the same grace period (a reader section
+//! that loaded "light" has its entry store before it, and later sections load "fenced"); and a
+//! writer that relies on a fenced reader **pins** it first (compare-and-swap fenced -> pinned,
+//! back after its scan), while the reader returns to light only by compare-and-swap from fenced,
+//! which fails while pinned. Where membarrier is unavailable (old kernel, seccomp), every reader
+//! is fenced for the process's life ([`ALWAYS_FENCED`]).
 //!
 //! The synchronization primitives come from `crate::sync`: the standard library's, or loom's
 //! (with a model of membarrier and switchable defects) under `cfg(loom)`, where
-//! `rcu/loom_tests.rs` checks this very code in both modes and across switches (run with
+//! `rcu/loom_tests.rs` checks this very code along both proofs and across mode changes (run with
 //! `RUSTFLAGS="--cfg loom" cargo test -p vdma --lib --release loom_`).
 
 use std::cell::Cell;
@@ -47,7 +54,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::sync::{
     compiler_fence, defect, fence, interrupt_point, membarrier, membarrier_register, ordering,
-    spin_wait, AtomicBool, AtomicPtr, AtomicU64, Defect, Mutex, MutexGuard, Ordering,
+    spin_wait, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Defect, Mutex, MutexGuard, Ordering,
 };
 
 /// A value on cache lines of its own (128 bytes: adjacent-line prefetch pairs lines).
@@ -63,36 +70,76 @@ impl<T> std::ops::Deref for Alone<T> {
     }
 }
 
-/// A reader's sequence number, on its own cache lines.
-#[repr(align(128))]
+/// A reader's state as writers see it, each field on cache lines of its own: `seq` changes at
+/// every entry and exit, and writers read it only for readers that did not acknowledge; `mode`
+/// is read at every entry and changed only for such readers; `ack` changes once per grace
+/// period and writers poll it.
 struct Slot {
-    seq: AtomicU64,
+    /// Odd while the reader is inside a read section.
+    seq: Alone<AtomicU64>,
+    /// [`LIGHT`], [`FENCED`] or [`PINNED`].
+    mode: Alone<AtomicU8>,
+    /// The last [`SYNCS`] value the reader loaded when entering.
+    ack: Alone<AtomicU64>,
+}
+
+/// The reader executes no fence; a writer needs a membarrier for it.
+const LIGHT: u8 = 0;
+/// The reader fences after entering.
+const FENCED: u8 = 1;
+/// Fenced, and a writer relies on it: the reader may not return to light.
+const PINNED: u8 = 2;
+
+/// A new reader's mode: light; under loom, as the test's knobs say.
+#[cfg(not(loom))]
+fn initial_mode() -> u8 {
+    LIGHT
+}
+
+#[cfg(loom)]
+fn initial_mode() -> u8 {
+    if crate::sync::knobs().start_fenced {
+        FENCED
+    } else {
+        LIGHT
+    }
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            seq: Alone(AtomicU64::new(0)),
+            mode: Alone(AtomicU8::new(initial_mode())),
+            ack: Alone(AtomicU64::new(0)),
+        }
+    }
 }
 
 /// Every live reader's slot.
 #[cfg(not(loom))]
 static READERS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
 
-/// The reader mode: true while readers must fence after entering. Changed only under
-/// [`SWITCH`]; readers load it with `Relaxed` after their entry store. On cache lines of its own:
-/// every section reads it, and the writers' counters next to it would take the line away at
-/// every grace period.
+/// True when every reader fences after entering, whatever its mode: `membarrier` is
+/// unavailable. Decided before the first reader registers, never changed after.
 #[cfg(not(loom))]
-static FENCED: Alone<AtomicBool> = Alone(AtomicBool::new(false));
+static ALWAYS_FENCED: Alone<AtomicBool> = Alone(AtomicBool::new(false));
 
-/// Grace periods so far, for readers to notice when none come any more.
+/// The number of the last grace period begun; every entry loads it. On cache lines of its own.
 #[cfg(not(loom))]
-static SYNCS: AtomicU64 = AtomicU64::new(0);
+static SYNCS: Alone<AtomicU64> = Alone(AtomicU64::new(0));
 
-/// Held (true) by the writer for a whole grace period, and for an instant by a reader that
-/// returns readers to light mode: so no reader does that while a writer relies on fenced
-/// readers. Readers only try it (no reader ever waits); the writer waits for that instant.
+/// One grace period at a time.
 #[cfg(not(loom))]
-static SWITCH: AtomicBool = AtomicBool::new(false);
+static GRACE: Mutex<()> = Mutex::new(());
 
-/// One grace period at a time; the rate policy.
+/// How long a writer polls for acknowledgements before it turns to the quiescent proof for the
+/// readers that did not give one. A reader that keeps calling acknowledges within one call.
 #[cfg(not(loom))]
-static GRACE: Mutex<Policy> = Mutex::new(Policy::new());
+const ACK_SPIN: Duration = Duration::from_micros(20);
+
+/// Fenced sections a reader runs before it returns itself to light mode.
+#[cfg(not(loom))]
+const LIGHT_AFTER: u32 = 4096;
 
 /// For threads whose thread-local reader is already destroyed (DMA from a TLS destructor):
 /// they share one slot, one at a time.
@@ -112,11 +159,10 @@ fn fallback_reader() -> &'static ReaderState {
 #[cfg(loom)]
 loom::lazy_static! {
     static ref READERS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
-    static ref FENCED: Alone<AtomicBool> =
+    static ref ALWAYS_FENCED: Alone<AtomicBool> =
         Alone(AtomicBool::new(!crate::sync::knobs().membarrier));
-    static ref SYNCS: AtomicU64 = AtomicU64::new(0);
-    static ref SWITCH: AtomicBool = AtomicBool::new(false);
-    static ref GRACE: Mutex<Policy> = Mutex::new(Policy::new());
+    static ref SYNCS: Alone<AtomicU64> = Alone(AtomicU64::new(0));
+    static ref GRACE: Mutex<()> = Mutex::new(());
     static ref FALLBACK: Mutex<()> = Mutex::new(());
     static ref FALLBACK_READER: ReaderState = ReaderState::new();
 }
@@ -132,7 +178,7 @@ fn fallback_reader() -> &'static ReaderState {
 /// build.) Loom tests call this after setting the knobs.
 #[cfg(all(loom, test))]
 pub(crate) fn make_statics() {
-    let _ = (&*READERS, &*FENCED, &*SYNCS, &*SWITCH, &*GRACE, &*FALLBACK);
+    let _ = (&*READERS, &*ALWAYS_FENCED, &*SYNCS, &*GRACE, &*FALLBACK);
 }
 
 /// Whether `membarrier(PRIVATE_EXPEDITED)` is registered for this process.
@@ -145,7 +191,7 @@ fn membarrier_registered() -> bool {
         let ok = membarrier_register();
         if !ok {
             // Before any reader exists (each asks this first): readers fence from the start.
-            FENCED.store(true, Ordering::Relaxed);
+            ALWAYS_FENCED.store(true, Ordering::Relaxed);
         }
         ok
     })
@@ -156,84 +202,23 @@ fn membarrier_registered() -> bool {
     membarrier_register()
 }
 
-/// When readers should be fenced: while grace periods come faster than one per `BURST_GAP`,
-/// `BURST_LEN` in a row. A membarrier costs each CPU running a reader an interrupt (measured
-/// 5-9 us in this project's KVM guests), a fenced section about 1.5 ns: at 2,000 grace periods
-/// a second the interrupts take 1-2% of every reader CPU, more than fences cost any reader
-/// but one doing millions of tiny accesses a second.
-struct Policy {
-    #[cfg(not(loom))]
-    last: Option<Instant>,
-    #[cfg(not(loom))]
-    burst: u32,
-    #[cfg(loom)]
-    count: u32,
-}
-
 #[cfg(not(loom))]
-const BURST_GAP: Duration = Duration::from_micros(500);
-#[cfg(not(loom))]
-const BURST_LEN: u32 = 8;
-
-/// Fenced sections a reader runs between its looks for quiet (no grace period since the last
-/// look), after which it returns readers to light mode.
-#[cfg(not(loom))]
-const QUIET_SECTIONS: u32 = 1 << 14;
-
-impl Policy {
-    #[cfg(not(loom))]
-    const fn new() -> Policy {
-        Policy {
-            last: None,
-            burst: 0,
-        }
-    }
-
-    #[cfg(loom)]
-    fn new() -> Policy {
-        Policy { count: 0 }
-    }
-
-    /// Called once per grace period: whether readers should be fenced for it.
-    #[cfg(not(loom))]
-    fn want_fenced(&mut self) -> bool {
-        let now = Instant::now();
-        let quick = self.last.is_some_and(|l| now.duration_since(l) < BURST_GAP);
-        self.burst = if quick {
-            self.burst.saturating_add(1)
-        } else {
-            0
-        };
-        self.last = Some(now);
-        self.burst >= BURST_LEN
-    }
-
-    /// Under loom, the test's script decides.
-    #[cfg(loom)]
-    fn want_fenced(&mut self) -> bool {
-        let k = self.count;
-        self.count += 1;
-        k < 32 && crate::sync::knobs().fenced_script & (1 << k) != 0
-    }
-}
-
-#[cfg(not(loom))]
-fn quiet_sections() -> u32 {
-    QUIET_SECTIONS
+fn light_after() -> u32 {
+    LIGHT_AFTER
 }
 
 #[cfg(loom)]
-fn quiet_sections() -> u32 {
-    crate::sync::knobs().quiet_sections
+fn light_after() -> u32 {
+    crate::sync::knobs().light_after
 }
 
 struct ReaderState {
     slot: Arc<Slot>,
     depth: Cell<u32>,
-    /// Fenced sections left until the next look for quiet.
-    until_look: Cell<u32>,
-    /// `SYNCS` at the last look.
-    syncs_seen: Cell<u64>,
+    /// The last `SYNCS` value this reader stored to its `ack`.
+    acked: Cell<u64>,
+    /// Fenced sections left before this reader tries to return to light mode.
+    fenced_left: Cell<u32>,
 }
 
 // SAFETY: only the FALLBACK_READER is shared between threads, and it is used only while FALLBACK
@@ -244,11 +229,9 @@ unsafe impl Send for ReaderState {}
 
 impl ReaderState {
     fn new() -> ReaderState {
-        // Decides the initial mode before this reader can enter.
+        // Decides whether readers always fence before any reader can enter.
         membarrier_registered();
-        let slot = Arc::new(Slot {
-            seq: AtomicU64::new(0),
-        });
+        let slot = Arc::new(Slot::new());
         READERS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -256,8 +239,8 @@ impl ReaderState {
         ReaderState {
             slot,
             depth: Cell::new(0),
-            until_look: Cell::new(quiet_sections()),
-            syncs_seen: Cell::new(0),
+            acked: Cell::new(0),
+            fenced_left: Cell::new(light_after()),
         }
     }
 
@@ -266,64 +249,77 @@ impl ReaderState {
         let depth = self.depth.get();
         self.depth.set(depth + 1);
         if depth == 0 {
-            let early = defect(Defect::ModeBeforeEntry).then(|| FENCED.load(Ordering::Relaxed));
+            let slot = &*self.slot;
+            let early = defect(Defect::ModeBeforeEntry).then(|| slot.mode.load(Ordering::Relaxed));
             interrupt_point();
-            let seq = self.slot.seq.load(Ordering::Relaxed);
+            let seq = slot.seq.load(Ordering::Relaxed);
             // Release, not Relaxed: a writer that waits on this slot may read this store
             // (the next section's entry) instead of the previous exit's; under the language's
             // rules (C++20 release sequences) only a release store then orders the previous
             // section's reads before the writer's reclaim. Free on x86 (loom found this).
             let entry = ordering(Ordering::Release, Defect::RelaxedEntry);
-            self.slot.seq.store(seq + 1, entry);
+            slot.seq.store(seq + 1, entry);
             interrupt_point();
             // The mode is loaded after the entry store: see the module's documentation.
-            if early.unwrap_or_else(|| FENCED.load(Ordering::Relaxed)) {
-                self.fenced();
+            let mode = early.unwrap_or_else(|| slot.mode.load(Ordering::Relaxed));
+            if mode != LIGHT || ALWAYS_FENCED.load(Ordering::Relaxed) {
+                self.fenced(mode);
             } else {
                 compiler_fence(Ordering::SeqCst);
+            }
+            interrupt_point();
+            // The acknowledgement: the table pointer is loaded after this acquire load.
+            let syncs = SYNCS.load(ordering(Ordering::Acquire, Defect::RelaxedSyncsLoad));
+            if syncs != self.acked.get() {
+                self.acknowledge(syncs);
             }
             interrupt_point();
         }
     }
 
-    /// A fenced reader's part: the fence the writer will not send, and now and then a look for
-    /// quiet.
+    /// A fenced reader's part: the fence, and after [`LIGHT_AFTER`] of them a try to return to
+    /// light mode.
     #[inline(always)]
-    fn fenced(&self) {
+    fn fenced(&self, mode: u8) {
         if !defect(Defect::ReaderFenceMissing) {
             fence(Ordering::SeqCst);
         }
-        let left = self.until_look.get();
+        let left = self.fenced_left.get();
         if left == 0 {
-            self.check_quiet();
+            self.try_light(mode);
         } else {
-            self.until_look.set(left - 1);
+            self.fenced_left.set(left - 1);
         }
     }
 
-    /// If no grace period started since the last look, returns readers to light mode (the
-    /// next writer then takes the membarrier). Holding [`SWITCH`], so never while a writer
-    /// relies on fenced readers; if a writer holds it, a grace period is under way and this is
-    /// no time for light mode anyway.
+    /// Returns this reader to light mode, unless a writer has it pinned (then later), or
+    /// membarrier is unavailable (then never).
     #[cold]
     #[inline(never)]
-    fn check_quiet(&self) {
-        self.until_look.set(quiet_sections());
-        let syncs = SYNCS.load(Ordering::Relaxed);
-        if syncs != self.syncs_seen.replace(syncs) || !membarrier_registered() {
+    fn try_light(&self, mode: u8) {
+        self.fenced_left.set(light_after());
+        if ALWAYS_FENCED.load(Ordering::Relaxed) {
             return;
         }
-        if defect(Defect::UnlockedReturnToLight) {
-            FENCED.store(false, Ordering::Relaxed);
+        let mode_cell = &self.slot.mode;
+        if defect(Defect::UnpinnedReturnToLight) {
+            mode_cell.store(LIGHT, Ordering::Relaxed);
             return;
         }
-        if SWITCH
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            FENCED.store(false, Ordering::Relaxed);
-            SWITCH.store(false, Ordering::Release);
+        if mode == FENCED {
+            // Fails if a writer pinned it since: this reader stays fenced for now.
+            let _ = mode_cell.compare_exchange(FENCED, LIGHT, Ordering::Relaxed, Ordering::Relaxed);
         }
+    }
+
+    /// Tells writers that this reader's earlier sections are over and that it has seen grace
+    /// period `syncs` begin.
+    #[cold]
+    #[inline(never)]
+    fn acknowledge(&self, syncs: u64) {
+        self.acked.set(syncs);
+        let ack = ordering(Ordering::Release, Defect::RelaxedAck);
+        self.slot.ack.store(syncs, ack);
     }
 
     #[inline(always)]
@@ -463,41 +459,65 @@ pub(crate) fn check_outside() -> Result<()> {
 /// checked [`check_outside`].
 pub(crate) fn synchronize() {
     debug_assert!(check_outside().is_ok());
-    // Registers (once) before the first membarrier, and fixes the mode if it cannot.
+    // Registers (once) before the first membarrier, and fixes ALWAYS_FENCED if it cannot.
     let registered = membarrier_registered();
-    let mut policy = GRACE.lock().unwrap_or_else(|e| e.into_inner());
-    SYNCS.fetch_add(1, Ordering::Relaxed);
-    let slots: Vec<Arc<Slot>> = READERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let want = policy.want_fenced();
-    let mut spins = 0u32;
-    while SWITCH
-        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        spin_wait(&mut spins);
+    let _one = GRACE.lock().unwrap_or_else(|e| e.into_inner());
+    // Release: a reader whose acquire load sees this number (or a later one: the increments
+    // form a release sequence) sees the tables published before it. Not SeqCst, which loom
+    // models as a full fence (it would hide the defects below).
+    let bump = ordering(Ordering::AcqRel, Defect::RelaxedBump);
+    let grace = SYNCS.fetch_add(1, bump) + 1;
+    // This thread is outside any section (checked above): it acknowledges for itself.
+    let me = CURRENT.with(|c| c.get());
+    if me as usize > DEAD as usize {
+        // SAFETY: as in `enter`.
+        unsafe { &*me }.acknowledge(grace);
     }
-    let _switch = SwitchHeld;
-    // Only `SWITCH`'s holders change the mode, so this is the mode readers are in, except
-    // those that loaded it before the last switch to fenced: that switch's membarrier covered
-    // them (their entry store came before it).
-    let fenced = FENCED.load(Ordering::Relaxed);
+    let mut slots: Vec<Arc<Slot>> = READERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+
+    // The acknowledged readers are done with the old tables. Light readers get a moment to
+    // acknowledge (a busy one does at its next entry): the alternative for them is an
+    // interrupt. Fenced ones cost no interrupt, so they are not waited for here.
+    let ack = ordering(Ordering::Acquire, Defect::RelaxedAckLoad);
+    let mut polls = AckPolls::new();
+    loop {
+        slots.retain(|slot| slot.ack.load(ack) < grace);
+        let light = |slot: &Arc<Slot>| slot.mode.load(Ordering::Relaxed) == LIGHT;
+        if !registered || !slots.iter().any(light) || !polls.again() {
+            break;
+        }
+    }
+    if slots.is_empty() {
+        return;
+    }
+
+    // The others: quiescent-state detection, behind a barrier that depends on their modes.
+    let mut membarrier_needed = false;
+    let mut pinned = Vec::new();
+    if registered {
+        for slot in &slots {
+            let mode = &slot.mode;
+            match mode.compare_exchange(FENCED, PINNED, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => pinned.push(slot.clone()),
+                Err(_) => {
+                    // Light (only this writer pins): it becomes fenced, and this grace period
+                    // takes the membarrier that covers its sections that loaded "light".
+                    mode.store(FENCED, Ordering::Relaxed);
+                    membarrier_needed = true;
+                }
+            }
+        }
+    }
     if defect(Defect::WriterBarrierMissing) {
         // No barrier at all.
-    } else if fenced && (want || !registered) {
-        // Every reader fences after entering; this fence pairs with theirs.
-        fence(Ordering::SeqCst);
+    } else if membarrier_needed && !defect(Defect::NoSwitchBarrier) {
+        membarrier();
     } else {
-        if want != fenced {
-            FENCED.store(want, Ordering::Relaxed);
-        }
-        if want && defect(Defect::NoSwitchBarrier) {
-            fence(Ordering::SeqCst);
-        } else {
-            membarrier();
-        }
+        // Every reader waited for here fences after entering; this fence pairs with theirs.
+        fence(Ordering::SeqCst);
     }
     let scan = ordering(Ordering::Acquire, Defect::RelaxedScan);
-    for slot in slots {
+    for slot in &slots {
         let seq = slot.seq.load(scan);
         if seq & 1 == 0 {
             continue;
@@ -507,20 +527,50 @@ pub(crate) fn synchronize() {
             spin_wait(&mut spins);
         }
     }
+    for slot in pinned {
+        slot.mode.store(FENCED, Ordering::Relaxed);
+    }
 }
 
-/// `SWITCH`, taken by `synchronize`; given back when it returns (or unwinds: a panicking
-/// writer must not leave every later grace period waiting).
-struct SwitchHeld;
+/// How long `synchronize` polls light readers for acknowledgements: [`ACK_SPIN`]; under loom,
+/// as many polls as the test's knobs say.
+struct AckPolls {
+    #[cfg(not(loom))]
+    until: Option<Instant>,
+    #[cfg(loom)]
+    left: u32,
+}
 
-impl Drop for SwitchHeld {
-    fn drop(&mut self) {
-        // A loom model that caught a defect unwinds through here (see `Reader::drop`).
-        #[cfg(loom)]
-        if std::thread::panicking() {
-            return;
+impl AckPolls {
+    #[cfg(not(loom))]
+    fn new() -> AckPolls {
+        AckPolls { until: None }
+    }
+
+    /// Whether to poll again (after a pause).
+    #[cfg(not(loom))]
+    fn again(&mut self) -> bool {
+        let now = Instant::now();
+        let until = *self.until.get_or_insert(now + ACK_SPIN);
+        std::hint::spin_loop();
+        now < until
+    }
+
+    #[cfg(loom)]
+    fn new() -> AckPolls {
+        AckPolls {
+            left: crate::sync::knobs().ack_polls,
         }
-        SWITCH.store(false, Ordering::Release);
+    }
+
+    #[cfg(loom)]
+    fn again(&mut self) -> bool {
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        loom::thread::yield_now();
+        true
     }
 }
 
@@ -566,35 +616,108 @@ mod loom_tests;
 mod tests {
     use super::*;
 
-    /// The mode switches as the policy says, in a normal build: a burst of grace periods makes
-    /// readers fenced; a reader that sees none for a while returns them to light. Other tests
-    /// of this process start grace periods too (they only lengthen a burst, but they can
-    /// delay the quiet), hence retries instead of exact counts.
+    use std::sync::mpsc;
+    use std::thread;
+
+    /// This thread's slot (registering its reader first).
+    fn my_slot() -> Arc<Slot> {
+        drop(enter());
+        let state = CURRENT.with(|c| c.get());
+        // SAFETY: after `enter`, CURRENT is this thread's live reader state.
+        unsafe { &*state }.slot.clone()
+    }
+
+    /// A reader thread that registered and then sits idle: the first grace period cannot get
+    /// its acknowledgement and turns it fenced (one membarrier), so later ones need none; it
+    /// stays fenced while idle (only the reader itself returns to light).
     #[test]
-    fn a_burst_fences_readers_and_quiet_returns_them_to_light() {
+    fn an_idle_reader_is_turned_fenced() {
         if !membarrier_registered() {
-            // Readers are always fenced then.
-            assert!(FENCED.load(Ordering::Relaxed));
-            return;
+            return; // Every reader is fenced then.
         }
-        // A burst: BURST_LEN + 1 grace periods in a row, again if this thread was descheduled
-        // for longer than the gap in between (a loaded machine).
+        let (slot_tx, slot_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let idle = thread::spawn(move || {
+            slot_tx.send(my_slot()).unwrap();
+            let _ = stop_rx.recv();
+        });
+        let slot = slot_rx.recv().unwrap();
+        assert_eq!(slot.mode.load(Ordering::Relaxed), LIGHT);
+        synchronize();
+        assert_eq!(slot.mode.load(Ordering::Relaxed), FENCED);
+        synchronize();
+        assert_eq!(slot.mode.load(Ordering::Relaxed), FENCED);
+        assert_eq!(slot.seq.load(Ordering::Relaxed) & 1, 0);
+        stop_tx.send(()).unwrap();
+        idle.join().unwrap();
+    }
+
+    /// A reader that keeps entering acknowledges every grace period, and a fenced one returns
+    /// itself to light after `LIGHT_AFTER` sections.
+    #[test]
+    fn a_busy_reader_acknowledges_and_returns_to_light() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (slot_tx, slot_rx) = mpsc::channel();
+        let busy = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                slot_tx.send(my_slot()).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    drop(enter());
+                }
+            })
+        };
+        let slot = slot_rx.recv().unwrap();
+        // Fenced, as a writer leaves a reader that was slow to acknowledge.
+        slot.mode.store(FENCED, Ordering::Relaxed);
+        synchronize();
+        let grace = SYNCS.load(Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !FENCED.load(Ordering::Relaxed) {
-            assert!(Instant::now() < deadline, "bursts leave readers light");
-            for _ in 0..=BURST_LEN {
-                synchronize();
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while FENCED.load(Ordering::Relaxed) {
+        while slot.ack.load(Ordering::Acquire) < grace
+            || (membarrier_registered() && slot.mode.load(Ordering::Relaxed) != LIGHT)
+        {
             assert!(
                 Instant::now() < deadline,
-                "readers stay fenced without grace periods"
+                "the busy reader neither acknowledged nor returned to light"
             );
-            for _ in 0..=QUIET_SECTIONS {
-                drop(enter());
-            }
+            thread::yield_now();
+        }
+        stop.store(true, Ordering::Relaxed);
+        busy.join().unwrap();
+    }
+
+    /// A grace period waits for a section that was open when it began, in either mode.
+    #[test]
+    fn a_grace_period_waits_for_an_open_section() {
+        for mode in [LIGHT, FENCED] {
+            let (open_tx, open_rx) = mpsc::channel();
+            let (close_tx, close_rx) = mpsc::channel::<()>();
+            let reader = thread::spawn(move || {
+                let slot = my_slot();
+                slot.mode.store(mode, Ordering::Relaxed);
+                let guard = enter();
+                open_tx.send(()).unwrap();
+                let _ = close_rx.recv();
+                drop(guard);
+            });
+            open_rx.recv().unwrap();
+            let done = Arc::new(AtomicBool::new(false));
+            let writer = {
+                let done = done.clone();
+                thread::spawn(move || {
+                    synchronize();
+                    done.store(true, Ordering::Release);
+                })
+            };
+            thread::sleep(Duration::from_millis(50));
+            assert!(
+                !done.load(Ordering::Acquire),
+                "synchronize returned while a section was open (mode {mode})"
+            );
+            close_tx.send(()).unwrap();
+            writer.join().unwrap();
+            assert!(done.load(Ordering::Acquire));
+            reader.join().unwrap();
         }
     }
 }

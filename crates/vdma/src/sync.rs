@@ -14,13 +14,13 @@
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
-    atomic::{compiler_fence, fence, AtomicBool, AtomicPtr, AtomicU64, Ordering},
+    atomic::{compiler_fence, fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering},
     Mutex, MutexGuard,
 };
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{
-    atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, Ordering},
+    atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering},
     Mutex, MutexGuard,
 };
 
@@ -31,19 +31,27 @@ pub(crate) enum Defect {
     /// `enter` stores its entry with `Relaxed` instead of `Release` (how rcu.rs was before loom
     /// found it).
     RelaxedEntry,
-    /// `enter` loads the reader mode before its entry store instead of after it.
+    /// `enter` loads the reader's mode before its entry store instead of after it.
     ModeBeforeEntry,
     /// A fenced reader skips its fence after entering.
     ReaderFenceMissing,
     /// `exit` stores with `Relaxed` instead of `Release`.
     RelaxedExit,
+    /// `enter` loads the grace period number with `Relaxed` instead of `Acquire`.
+    RelaxedSyncsLoad,
+    /// A reader stores its acknowledgement with `Relaxed` instead of `Release`.
+    RelaxedAck,
+    /// A reader returns to light mode with a plain store, even while a writer has it pinned.
+    UnpinnedReturnToLight,
+    /// `synchronize` begins the grace period with a `Relaxed` increment instead of `AcqRel`.
+    RelaxedBump,
+    /// `synchronize` loads acknowledgements with `Relaxed` instead of `Acquire`.
+    RelaxedAckLoad,
     /// `synchronize` executes no barrier at all before scanning.
     WriterBarrierMissing,
-    /// `synchronize` switches readers to fenced mode and relies on that at once, with a plain
-    /// fence instead of the membarrier that makes every reader see the switch.
+    /// `synchronize` turns light readers fenced and relies on that at once, with a plain fence
+    /// instead of the membarrier that makes them see the change.
     NoSwitchBarrier,
-    /// A reader returns to light mode without taking `SWITCH`.
-    UnlockedReturnToLight,
     /// `synchronize` scans the slots with `Relaxed` loads instead of `Acquire`.
     RelaxedScan,
 }
@@ -160,11 +168,14 @@ mod model {
     pub(crate) struct Knobs {
         /// Whether `membarrier` is available (else readers and writers take the fence fallback).
         pub(crate) membarrier: bool,
-        /// Bit `k`: the writer's `k`-th grace period wants readers fenced (the rate policy's
-        /// decision, made deterministic).
-        pub(crate) fenced_script: u32,
-        /// Fenced sections between a reader's checks for quiet (0: at every fenced section).
-        pub(crate) quiet_sections: u32,
+        /// How many times a writer polls light readers for acknowledgements (each poll a
+        /// yield to loom's scheduler) before it turns to the quiescent proof.
+        pub(crate) ack_polls: u32,
+        /// Fenced sections a reader runs before it tries to return to light mode (0: at every
+        /// fenced section).
+        pub(crate) light_after: u32,
+        /// Whether readers start fenced (as a writer leaves a reader that did not acknowledge).
+        pub(crate) start_fenced: bool,
         /// The defect in force, if any.
         pub(crate) defect: Option<Defect>,
     }

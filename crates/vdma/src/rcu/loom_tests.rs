@@ -8,11 +8,13 @@
 //! data race is a use after free) and sets an oracle the reader asserts on when it uses the table.
 //! Tables are really dropped only at the end of each execution.
 //!
-//! Each configuration runs with membarrier unavailable (readers always fenced), with membarrier
-//! and light readers, and with scripted switches between the modes (`Knobs::fenced_script`; a
-//! reader looks for quiet at every fenced section, so readers also return to light mode in the
-//! middle of a writer's sequence). Under loom, membarrier is `crate::sync`'s model: a pending
-//! barrier is executed by each reader at every point where rcu.rs calls `interrupt_point`.
+//! Each configuration runs with membarrier unavailable (readers always fenced), and with
+//! membarrier: the writer polling light readers for acknowledgements not at all or once (so
+//! both proofs, acknowledged and quiescent, are explored), readers never returning to light
+//! mode in the model or trying at every fenced section (so a reader the writer turned fenced
+//! returns to light in the middle of the writer's sequence). Under loom, membarrier is
+//! `crate::sync`'s model: a pending barrier is executed by each reader at every point where
+//! rcu.rs calls `interrupt_point`.
 //!
 //! The `caught_*` tests switch on one deliberate defect in rcu.rs (`crate::sync::Defect`) and
 //! expect loom to report it; each has a control with the same configuration and no defect.
@@ -126,33 +128,48 @@ enum Sections {
     Fallback(usize),
 }
 
-/// The reader modes a configuration runs in.
+/// A `light_after` that never comes in a model.
+const NEVER: u32 = u32::MAX;
+
+/// The settings a configuration runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Modes {
     /// No membarrier: readers always fenced.
     NoMembarrier,
-    /// Membarrier, readers light throughout.
-    Light,
-    /// Membarrier; the writer's grace periods want fenced readers as the bits say (bit k for the
-    /// k-th), and readers return to light whenever they see no grace period since their last
-    /// fenced section.
-    Script(u32),
+    /// Membarrier; the writer polls light readers `polls` times for acknowledgements, and a
+    /// fenced reader tries to return to light after `light_after` fenced sections.
+    Memb { polls: u32, light_after: u32 },
+    /// Membarrier; readers start fenced and try to return to light at every fenced section.
+    StartFenced,
 }
 
 impl Modes {
     fn knobs(self, defect: Option<Defect>) -> Knobs {
+        let (membarrier, ack_polls, light_after) = match self {
+            Modes::NoMembarrier => (false, 0, NEVER),
+            Modes::Memb { polls, light_after } => (true, polls, light_after),
+            Modes::StartFenced => (true, 0, 0),
+        };
         Knobs {
-            membarrier: self != Modes::NoMembarrier,
-            fenced_script: match self {
-                Modes::Script(bits) => bits,
-                _ => 0,
-            },
-            quiet_sections: 0,
+            membarrier,
+            ack_polls,
+            light_after,
+            start_fenced: self == Modes::StartFenced,
             defect,
         }
     }
 }
 
+/// Light readers, quiescent proof only.
+const QUIESCENT: Modes = Modes::Memb {
+    polls: 0,
+    light_after: NEVER,
+};
+/// The writer polls once for acknowledgements.
+const ACKS: Modes = Modes::Memb {
+    polls: 1,
+    light_after: NEVER,
+};
 /// Runs `readers` reader threads, each reading as `sections` says, against a writer doing
 /// `unmaps` unmaps on the model's main thread, in `modes`, with `defect` in force; returns the
 /// number of executions explored.
@@ -243,17 +260,20 @@ fn check(
     runs
 }
 
-/// The modes a configuration with `unmaps` grace periods runs in: no membarrier (readers
-/// always fenced), light throughout, and every script of switches (bit k: the k-th grace
-/// period wants fenced readers).
-fn modes(unmaps: u64) -> Vec<Modes> {
-    let mut all = vec![Modes::NoMembarrier, Modes::Light];
-    all.extend((1..1u32 << unmaps).map(Modes::Script));
+/// Every setting: no membarrier; with membarrier, no poll or one, readers never back to light
+/// or at once; readers that start fenced.
+fn modes() -> Vec<Modes> {
+    let mut all = vec![Modes::NoMembarrier, Modes::StartFenced];
+    for polls in [0, 1] {
+        for light_after in [NEVER, 0] {
+            all.push(Modes::Memb { polls, light_after });
+        }
+    }
     all
 }
 
 fn check_all(readers: usize, sections: Sections, unmaps: u64) {
-    for modes in modes(unmaps) {
+    for modes in modes() {
         check(readers, sections, unmaps, modes, None);
     }
 }
@@ -274,8 +294,8 @@ fn loom_two_sections_one_unmap() {
     check_all(1, Sections::Plain(2), 1);
 }
 
-/// Every script of two grace periods: fenced then light, light then fenced, fenced twice (with
-/// the reader returning to light whenever it sees no new grace period).
+/// Two grace periods: the first turns an unacknowledged light reader fenced, the second pins it
+/// (or finds it back in light mode).
 #[test]
 fn loom_two_sections_two_unmaps() {
     check_all(1, Sections::Plain(2), 2);
@@ -286,11 +306,10 @@ fn loom_nested_two_sections() {
     check_all(1, Sections::Nested(2), 1);
 }
 
-/// Two readers (three threads: the preemption bound is 2 with membarrier's model). Light mode
-/// alone is left to the one-reader configurations; the switch to fenced covers both modes.
+/// Two readers (three threads: the preemption bound is 2 with membarrier's model).
 #[test]
 fn loom_two_readers_one_unmap() {
-    for modes in [Modes::NoMembarrier, Modes::Script(1)] {
+    for modes in [Modes::NoMembarrier, QUIESCENT, ACKS] {
         check(2, Sections::Plain(1), 1, modes, None);
     }
 }
@@ -303,23 +322,27 @@ fn loom_two_readers_two_sections() {
 /// Two threads on the fallback reader: one slot, sections serialized by its lock.
 #[test]
 fn loom_fallback_two_readers() {
-    for modes in [Modes::NoMembarrier, Modes::Script(1)] {
+    for modes in [Modes::NoMembarrier, ACKS] {
         check(2, Sections::Fallback(1), 1, modes, None);
     }
 }
 
 // --- each deliberate defect is caught; `loom_controls` runs the same configurations without it ---
 
-/// Each `loom_caught_*` test's configuration, with its defect.
-const CAUGHT: [(usize, u64, Modes, Defect); 8] = [
+/// Each `loom_caught_*` test's configuration (sections, unmaps, modes), with its defect.
+const CAUGHT: [(usize, u64, Modes, Defect); 12] = [
     (2, 1, Modes::NoMembarrier, Defect::RelaxedEntry),
     (1, 1, Modes::NoMembarrier, Defect::ReaderFenceMissing),
-    (1, 1, Modes::Light, Defect::WriterBarrierMissing),
-    (1, 1, Modes::Light, Defect::RelaxedExit),
-    (1, 1, Modes::Light, Defect::RelaxedScan),
-    (1, 2, Modes::Script(!0), Defect::ModeBeforeEntry),
-    (1, 1, Modes::Script(!0), Defect::NoSwitchBarrier),
-    (3, 2, Modes::Script(!0), Defect::UnlockedReturnToLight),
+    (1, 1, QUIESCENT, Defect::WriterBarrierMissing),
+    (1, 1, QUIESCENT, Defect::RelaxedExit),
+    (1, 1, QUIESCENT, Defect::RelaxedScan),
+    (1, 2, QUIESCENT, Defect::ModeBeforeEntry),
+    (1, 1, QUIESCENT, Defect::NoSwitchBarrier),
+    (2, 1, Modes::StartFenced, Defect::UnpinnedReturnToLight),
+    (2, 1, ACKS, Defect::RelaxedSyncsLoad),
+    (2, 1, ACKS, Defect::RelaxedAck),
+    (2, 1, ACKS, Defect::RelaxedBump),
+    (2, 1, ACKS, Defect::RelaxedAckLoad),
 ];
 
 /// Runs the `CAUGHT` configuration (sections, unmaps, modes) of `defect`, with it in force.
@@ -374,26 +397,58 @@ fn loom_caught_relaxed_scan() {
     caught(Defect::RelaxedScan);
 }
 
-/// A reader that loads the mode before entering may have loaded "light" before the switch's
-/// membarrier and enter after it: then nothing orders its entry store before a later fenced
-/// grace period's scan.
+/// A reader that loads its mode before entering may have loaded "light" before the membarrier
+/// of the grace period that turned it fenced, and enter after it: then nothing orders its entry
+/// store before the next grace period's scan, which relies on the reader's fence.
 #[test]
 #[should_panic(expected = "Causality violation")]
 fn loom_caught_mode_loaded_before_entry() {
     caught(Defect::ModeBeforeEntry);
 }
 
-/// Switching readers to fenced without the membarrier: a reader that entered light just before
-/// is not seen.
+/// Turning a light reader fenced without the membarrier: a section that loaded "light" just
+/// before is not seen.
 #[test]
 #[should_panic(expected = "Causality violation")]
 fn loom_caught_switch_without_membarrier() {
     caught(Defect::NoSwitchBarrier);
 }
 
-/// A reader returning to light mode while a writer relies on fenced readers.
+/// A reader returning to light mode while a writer has it pinned and relies on its fence.
 #[test]
 #[should_panic(expected = "Causality violation")]
-fn loom_caught_return_to_light_without_lock() {
-    caught(Defect::UnlockedReturnToLight);
+fn loom_caught_return_to_light_while_pinned() {
+    caught(Defect::UnpinnedReturnToLight);
+}
+
+/// A reader that acknowledges after a relaxed load of the grace period number may still load
+/// the old table.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn loom_caught_relaxed_grace_period_load() {
+    caught(Defect::RelaxedSyncsLoad);
+}
+
+/// A relaxed acknowledgement does not order the reader's earlier sections before the writer's
+/// release of the table they used.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn loom_caught_relaxed_acknowledgement() {
+    caught(Defect::RelaxedAck);
+}
+
+/// A relaxed increment of the grace period number does not order the new table's publication
+/// before the readers that acknowledge it.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn loom_caught_relaxed_grace_period_bump() {
+    caught(Defect::RelaxedBump);
+}
+
+/// A relaxed load of an acknowledgement does not order the reader's sections before the
+/// writer's release.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn loom_caught_relaxed_acknowledgement_load() {
+    caught(Defect::RelaxedAckLoad);
 }
