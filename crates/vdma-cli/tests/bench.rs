@@ -72,9 +72,10 @@ const QUICK_CASES: [&str; 17] = [
     "region_write/4B",
 ];
 
-const COPY_CONTENDERS: [&str; 5] = [
+const COPY_CONTENDERS: [&str; 6] = [
     "memcpy",
     "vm-memory",
+    "vdma-copy",
     "vdma fd",
     "vdma process",
     "vdma messages",

@@ -52,12 +52,13 @@ fn plot_err(path: &Path) -> impl Fn(String) -> BenchError + '_ {
 
 /// The color of line `i`: memcpy black, then distinct colors.
 fn line_color(i: usize) -> RGBAColor {
-    const COLORS: [RGBColor; 5] = [
+    const COLORS: [RGBColor; 6] = [
         RGBColor(0, 0, 0),
         RGBColor(0, 150, 60),
         RGBColor(30, 90, 220),
         RGBColor(230, 120, 0),
         RGBColor(170, 40, 160),
+        RGBColor(200, 30, 30),
     ];
     COLORS
         .get(i)
