@@ -984,13 +984,20 @@ fn session_seeds(dir: &Path) -> usize {
         );
         let outcome = session::session(input, true);
         println!("session seed {name}: {outcome:?}");
-        // The two that end with a broken message end with the framing lost.
-        let want = match *name {
-            "msg-dma-bad-answers" => "FramingLost",
-            "no-version" => "Truncated",
-            _ => "Closed",
+        // The two that end with a broken message end with the framing lost. After the
+        // lying header of the last bad answer the server reads the next bytes as its rest and
+        // then takes whatever follows for a header: too small (FramingLost), or too large
+        // (drained until the client closes: Truncated), by where the answer fell among the
+        // client's messages.
+        let want: &[&str] = match *name {
+            "msg-dma-bad-answers" => &["FramingLost", "Truncated"],
+            "no-version" => &["Truncated"],
+            _ => &["Closed"],
         };
-        assert!(outcome.end.contains(want), "{name}: {outcome:?}");
+        assert!(
+            want.iter().any(|w| outcome.end.contains(w)),
+            "{name}: {outcome:?}"
+        );
         session_seeds::check(name, &outcome);
         std::fs::write(dir.join(name), bytes).unwrap();
     }

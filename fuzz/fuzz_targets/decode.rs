@@ -28,11 +28,13 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
+use vdma_fuzz::scm;
+use vdma_fuzz::session::fds::open_fds;
 use vdma_user::protocol::{
     encode_write_multi, Command, DecodeConfig, DeviceFeature, DeviceFeatureReply, DeviceInfo,
     DmaAccess, DmaAccessQemu, DmaAccessSpec, DmaLayout, DmaLoggingControl, DmaLoggingReport,
@@ -378,12 +380,6 @@ fn dev_null() -> &'static File {
     DEV_NULL.get_or_init(|| File::open("/dev/null").expect("/dev/null"))
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .count()
-}
-
 fn check_transport(control: u8, msg: &[u8]) {
     // The sender must not block on a full socket buffer: the same thread receives.
     if msg.len() < Header::SIZE || msg.len() > 64 * 1024 {
@@ -467,45 +463,7 @@ fn send_chunked(socket: &UnixStream, msg: &[u8], fds: &[OwnedFd], chunks: usize,
             &[]
         };
         // Pieces are not empty: the descriptors go with the first byte of theirs.
-        let mut at = w[0];
-        while at < w[1] {
-            let fds = if at == w[0] { attach } else { &[] };
-            at += sendmsg(socket, &msg[at..w[1]], fds);
-        }
+        let attach: Vec<_> = attach.iter().map(|f| f.as_fd()).collect();
+        scm::send_all(socket, &msg[w[0]..w[1]], &attach).expect("sendmsg");
     }
-}
-
-/// One `sendmsg` of `bytes` with `fds` as SCM_RIGHTS; the bytes sent.
-fn sendmsg(socket: &UnixStream, bytes: &[u8], fds: &[OwnedFd]) -> usize {
-    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let data_len = std::mem::size_of_val(&raw[..]);
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(data_len as u32) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid (no name, no iov, no control).
-    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    hdr.msg_iov = &mut iov;
-    hdr.msg_iovlen = 1;
-    if !raw.is_empty() {
-        hdr.msg_control = cbuf.as_mut_ptr().cast();
-        hdr.msg_controllen = space as _;
-        // SAFETY: the control buffer is `space` bytes, aligned for cmsghdr, and holds one
-        // header with `data_len` bytes of data; CMSG_FIRSTHDR is non-null for a buffer that
-        // large.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&hdr);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(data_len as u32) as _;
-            std::ptr::copy_nonoverlapping(raw.as_ptr(), libc::CMSG_DATA(cmsg).cast(), raw.len());
-        }
-    }
-    // SAFETY: `hdr` points at `iov` (over `bytes`) and `cbuf`, all alive for the call.
-    let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &hdr, libc::MSG_NOSIGNAL) };
-    assert!(n >= 0, "sendmsg: {}", std::io::Error::last_os_error());
-    n as usize
 }

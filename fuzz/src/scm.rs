@@ -1,5 +1,6 @@
 //! Sending bytes with descriptors (SCM_RIGHTS), whatever the bytes are: the transport's own
-//! writer takes only well-formed messages, and the harness also sends raw bytes.
+//! writer takes only well-formed messages, and the targets also send raw bytes and messages cut
+//! into pieces (`session`'s client, `decode`'s transport check).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -19,8 +20,9 @@ pub fn send_all(socket: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io
     Ok(())
 }
 
-/// One `sendmsg` of `bytes` with `fds` as SCM_RIGHTS; the bytes sent.
-fn sendmsg(socket: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+/// One `sendmsg` of `bytes` with `fds` as SCM_RIGHTS (none: no control message); the bytes
+/// sent, which may be fewer than `bytes`.
+pub fn sendmsg(socket: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let data_len = std::mem::size_of_val(&raw[..]) as u32;
     // SAFETY: CMSG_SPACE only computes a size.

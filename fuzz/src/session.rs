@@ -1,55 +1,93 @@
 //! The `session` target: a whole vfio-user server session fed arbitrary bytes and descriptors.
 //!
-//! Per input, a fresh dma-engine device (`vdma_cli::dma_engine`, the real one: a register
-//! write starts real DMA through the core, on the engine's own thread) behind a fresh
-//! [`Server`] with short timeouts ([`config`]) serves one end of a socketpair
-//! (`serve_connection`, on a thread of the harness: the harness's threads are kept from one
-//! input to the next, [`pool`]; the server's and the engine's own are made per input). The
-//! client end plays the input ([`input`]): most of the time it opens with a valid VERSION,
-//! then sends messages with a correct header whose command, flags and payload the fuzzer
-//! picks (sizes fixed up), raw bytes, register writes, each with 0 to 5 real descriptors
-//! (memfds of 1 to 64 KiB, eventfds, /dev/null); it shrinks memfds under their mappings, and
-//! waits for the server or the engine when told (not when the server cannot answer: see
-//! [`Peer::probe`]). A reader thread ([`peer`]) answers the server's DMA_READ/DMA_WRITE
-//! requests (mappings without a file) as a script in the input says: correctly, with errors,
-//! garbage, late, twice, or never.
+//! Per input, a fresh [`Server`] with short timeouts ([`config`]) serves one end of a
+//! socketpair (`serve_connection`) for the dma-engine device (`vdma_cli::dma_engine`, the real
+//! one: a register write starts real DMA through the core, on the engine's own thread). The
+//! device outlives its clients, as a long-lived server's does: one device serves
+//! [`SESSIONS_PER_DEVICE`] sessions, then it is dropped (and checked) and a new one made. The
+//! server's handler and its reader loop run on threads of the harness kept from one input to
+//! the next ([`pool`], [`Server::with_reader_spawner`]). The client end plays the input
+//! ([`input`]) on the fuzzer's thread: most of the time it opens with a valid VERSION, then
+//! sends messages with a correct header whose command, flags and payload the fuzzer picks
+//! (sizes fixed up), raw bytes, register writes, each with 0 to 5 real descriptors (memfds of
+//! 1 to 64 KiB, eventfds, /dev/null); it shrinks memfds under their mappings, and waits for
+//! the server or the engine when told (not when the server cannot answer, see
+//! [`Peer::probe`], nor when the last answer already showed it and nothing was sent since).
+//! Between its steps and while it waits, it reads what the server sent ([`peer`]) and answers
+//! the server's DMA_READ/DMA_WRITE requests (mappings without a file) as a script in the input
+//! says: correctly, with errors, garbage, late, twice, or never.
 //!
 //! Checked, for every input:
 //!
-//! - after the client closes, the server thread returns within [`SERVER_DEADLINE`] (a hang
+//! - after the client closes, `serve_connection` returns within [`SERVER_DEADLINE`] (a hang
 //!   is a failure), without a panic (a panic on any thread aborts the fuzzer anyway);
 //! - the server's container has no mappings left;
-//! - the session left no descriptor open (the server and device still alive: what a long-lived
-//!   server would accumulate), and none is left once they are dropped; nothing else holds the
-//!   device;
+//! - the session left no descriptor open (the server still alive: what a long-lived server
+//!   would accumulate), and none is left once the server is dropped; then nothing but the
+//!   harness holds the device;
+//! - the device reads as it did before its first client: the engine's registers, the MSI-X
+//!   table and PBA, config space ([`device_state`]; the next client finds a device as after
+//!   power-on, and a session cannot depend on the ones before it);
 //! - when the harness negotiated the session, every DMA request of the server decodes in the
 //!   negotiated layout and stays within the client's `max_data_xfer_size` ([`peer`]).
+//!
+//! And for every device, when it is dropped: nothing else holds it, and it leaves no
+//! descriptor open.
+//!
+//! # Speed
+//!
+//! libFuzzer counts mallocs and frees during each input and scans for leaks when an input
+//! keeps more than it frees (twice in a row); the harness leaves nothing behind from one input
+//! to the next but the device, whose allocations after the first sessions are steady, so such
+//! scans stay as rare as with a device per input (see [`pool`]).
+//!
+//! What an input used to cost, and what changed (session 4; measured on the 2-core machine
+//! with `cargo fuzz run ... -max_total_time=60`, see RELIABILITY.md for the figures): the
+//! dma-engine's thread, made and joined per input under AddressSanitizer, cost more than most
+//! sessions (now the device is kept); so did the server's reader thread (now pooled) and the
+//! client's reader thread, woken for every reply (now the client reads on the fuzzer's thread);
+//! a probe that could only repeat the last answer is skipped; while a command runs the client
+//! reads STATUS on the device, not with messages, and without 200 us sleeps. What is left is
+//! mostly the server's own thread handoffs per message and libFuzzer's per-input work. Two
+//! fuzzers pinned to the two cores (`taskset -c 0` and `-c 1`, the same corpus directory) run
+//! about twice one's executions; unpinned (`-jobs=2`) they get less.
 
 pub mod fds;
 pub mod input;
 pub mod messages;
 pub mod peer;
 pub mod pool;
-pub mod scm;
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Once};
-use std::thread;
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
-use vdma_cli::dma_engine::registers::STATUS_BUSY;
-use vdma_cli::dma_engine::{dma_engine, DmaEngineConfig};
+use vdma_cli::dma_engine::registers::{
+    COUNT, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET, STATUS, STATUS_BUSY,
+};
+use vdma_cli::dma_engine::{dma_engine, DmaEngine, DmaEngineConfig};
+use vdma_user::pci::{PciDevice, CONFIG_REGION};
 use vdma_user::protocol::{Command, DmaLayout, Header, RegionAccess, Version};
-use vdma_user::server::{Server, ServerConfig};
+use vdma_user::server::{Device, Server, ServerConfig};
 
-use self::fds::{open_fds, Descriptors};
+use self::fds::{dev_null, open_fds, Descriptors};
 use self::input::{command_number, Input, Op};
-use self::peer::Peer;
-use self::pool::Pool;
+use self::peer::{Answer, Peer};
+use self::pool::{Pool, Task};
 
 /// The threads that run `serve_connection`, one session at a time each ([`pool`]).
 static SERVER_THREADS: Pool = Pool::new("fuzz-server");
+/// The threads that run the server's reader loops ([`Server::with_reader_spawner`]).
+static SERVER_READERS: Pool = Pool::new("fuzz-server-reader");
+/// The device of the next session ([`kept`]).
+static KEPT: Mutex<Option<Kept>> = Mutex::new(None);
+
+/// The bytes of BAR0 that hold the engine's registers (the last is COUNT).
+const REGISTERS_SIZE: u64 = COUNT + 4;
+
+/// How many sessions one device serves before it is dropped (and checked) and a new one made.
+pub const SESSIONS_PER_DEVICE: u32 = 1000;
 
 /// How long the server may take to return after the client closed.
 pub const SERVER_DEADLINE: Duration = Duration::from_secs(5);
@@ -66,8 +104,12 @@ pub const MAX_MSG_FDS: u32 = 4;
 pub const WAIT_BUDGET: Duration = Duration::from_millis(20);
 /// The most time one probe waits for its reply.
 const PROBE_WAIT: Duration = Duration::from_millis(10);
-/// The pause between two reads of the engine's STATUS while it is busy.
-const IDLE_POLL: Duration = Duration::from_micros(200);
+/// How long the client reads the engine's STATUS (on the device) back to back, yielding in
+/// between, before it pauses between reads.
+const IDLE_SPIN: Duration = Duration::from_micros(100);
+/// The pauses between two reads of the engine's STATUS (on the device) while it is still busy
+/// after [`IDLE_SPIN`]: the first, doubled after each read up to the second.
+const IDLE_POLL: (Duration, Duration) = (Duration::from_micros(10), Duration::from_micros(320));
 
 /// The server's configuration: the defaults, with short timeouts and a small descriptor limit.
 pub fn config() -> ServerConfig {
@@ -83,9 +125,12 @@ pub fn config() -> ServerConfig {
 pub fn run(data: &[u8]) {
     static WARM: Once = Once::new();
     // Whatever the first session creates once per process (the SIGBUS handler, thread-locals)
-    // is not a leak of the input's.
+    // is not a leak of the input's; its server and device are not checked either.
     WARM.call_once(|| {
         session(&warm_up(), false);
+        if let Some(first) = KEPT.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            first.retire(false);
+        }
     });
     session(&input::parse(data), true);
 }
@@ -139,12 +184,116 @@ pub struct Outcome {
     pub dma_requests: usize,
 }
 
+/// The device the sessions are served by, kept for [`SESSIONS_PER_DEVICE`] sessions (a
+/// device outlives its clients, as in a long-lived server).
+struct Kept {
+    device: Arc<PciDevice<DmaEngine>>,
+    /// How many descriptors the device held when it was made. (Counted then and when it is
+    /// dropped, not against a count from before it was made: the fuzzer opens descriptors of
+    /// its own between inputs, e.g. pipes to a symbolizer.)
+    own_fds: usize,
+    /// What the device showed before its first client ([`device_state`]).
+    power_on: Vec<u8>,
+    /// Sessions served so far.
+    sessions: u32,
+}
+
+impl Kept {
+    fn new() -> Kept {
+        let before = open_fds();
+        let device =
+            Arc::new(dma_engine(DmaEngineConfig::default()).expect("the dma-engine starts"));
+        let own_fds = open_fds() - before;
+        let power_on = device_state(&*device);
+        Kept {
+            device,
+            own_fds,
+            power_on,
+            sessions: 0,
+        }
+    }
+
+    /// Drops the device: nothing else may hold it, and (with `check_fds`) no descriptor it
+    /// held may stay open.
+    fn retire(self, check_fds: bool) {
+        assert_eq!(
+            Arc::strong_count(&self.device),
+            1,
+            "the device is still referenced after its last server is gone"
+        );
+        let open = open_fds();
+        drop(self.device);
+        if check_fds {
+            assert_eq!(
+                open_fds(),
+                open - self.own_fds,
+                "the device leaked a descriptor"
+            );
+        }
+    }
+}
+
+/// What a client can read of the device: the engine's registers (the start of BAR0; the rest
+/// reads 0 whatever happens), the MSI-X table and PBA (BAR1) and config space. Each client
+/// must find it as the first did (the dma-engine's and the PCI layer's promise at
+/// disconnect).
+fn device_state(device: &dyn Device) -> Vec<u8> {
+    let config_size = device.region(CONFIG_REGION).expect("config space").size;
+    let reads = [
+        (0, 0, REGISTERS_SIZE),
+        (1, u64::from(MSIX_TABLE_OFFSET), 16),
+        (1, u64::from(MSIX_PBA_OFFSET), 8),
+        (CONFIG_REGION, 0, config_size),
+    ];
+    let mut state = Vec::new();
+    for (region, offset, len) in reads {
+        let at = state.len();
+        state.resize(at + len as usize, 0);
+        device
+            .region_read(region, offset, &mut state[at..])
+            .unwrap_or_else(|e| panic!("read of region {region} at {offset:#x}: {e}"));
+    }
+    state
+}
+
+/// The device of the next session: the kept one, or a new one (when the kept one has served
+/// [`SESSIONS_PER_DEVICE`] sessions it is dropped, and checked with `check_fds`).
+fn kept(check_fds: bool) -> Kept {
+    let mut slot = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    match slot.take() {
+        Some(kept) if kept.sessions < SESSIONS_PER_DEVICE => kept,
+        Some(old) => {
+            old.retire(check_fds);
+            Kept::new()
+        }
+        None => Kept::new(),
+    }
+}
+
 /// One session: see the module documentation.
 pub fn session(input: &Input, check_fds: bool) -> Outcome {
+    static KEEP: Once = Once::new();
+    // The descriptors the harness keeps open from their first use on, opened before any count.
+    KEEP.call_once(|| {
+        open_fds();
+        drop(dev_null());
+    });
     let mut outcome = Outcome::default();
+    let mut kept = kept(check_fds);
     let baseline = open_fds();
-    let device = Arc::new(dma_engine(DmaEngineConfig::default()).expect("the dma-engine starts"));
-    let server = Arc::new(Server::new(device.clone(), config()).expect("a server"));
+    // The server's reader loops run on pooled threads; their tasks, to wait for.
+    let readers: Arc<Mutex<Vec<Task<()>>>> = Arc::default();
+    let server = Server::new(kept.device.clone(), config())
+        .expect("a server")
+        .with_reader_spawner({
+            let readers = readers.clone();
+            move |job| {
+                let task = SERVER_READERS.spawn(job);
+                readers.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+                Ok(())
+            }
+        });
+    let server = Arc::new(server);
     let before = open_fds();
     {
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
@@ -152,18 +301,26 @@ pub fn session(input: &Input, check_fds: bool) -> Outcome {
             let server = server.clone();
             SERVER_THREADS.spawn(move || format!("{:?}", server.serve_connection(theirs)))
         };
-        let peer = Peer::start(ours, input.script.clone(), REPLY_TIMEOUT);
         let mut client = Client {
-            peer: &peer,
+            peer: Peer::new(ours, input.script.clone(), REPLY_TIMEOUT),
+            device: &*kept.device,
             descriptors: Descriptors::default(),
             next_id: 0,
             budget_end: Instant::now() + WAIT_BUDGET,
             statuses: Vec::new(),
+            settled: None,
+            trusted: true,
         };
         client.play(input);
-        outcome.statuses = std::mem::take(&mut client.statuses);
+        let Client {
+            mut peer,
+            descriptors,
+            statuses,
+            ..
+        } = client;
+        outcome.statuses = statuses;
         // The client's own memfds go; the server keeps what it mapped.
-        drop(client);
+        drop(descriptors);
         peer.close();
         match serving.join_timeout(SERVER_DEADLINE) {
             Some(Ok(end)) => {
@@ -175,6 +332,14 @@ pub fn session(input: &Input, check_fds: bool) -> Outcome {
                 "the server did not return within {SERVER_DEADLINE:?} after the client closed"
             ),
         }
+        drop(serving);
+        // The server waited for its reader loop; the pooled thread is done with it too.
+        let tasks = std::mem::take(&mut *readers.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            if let Err(panic) = task.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
         outcome.dma_requests = peer.finish();
         let left = server.container().mappings();
         assert!(left.is_empty(), "mapped after the session: {left:?}");
@@ -184,28 +349,44 @@ pub fn session(input: &Input, check_fds: bool) -> Outcome {
     }
     drop(server);
     assert_eq!(
-        Arc::strong_count(&device),
+        Arc::strong_count(&kept.device),
         1,
         "the device is still referenced after the server is gone"
     );
-    drop(device);
     if check_fds {
-        assert_eq!(
-            open_fds(),
-            baseline,
-            "the server or the device leaked a descriptor"
-        );
+        assert_eq!(open_fds(), baseline, "the server leaked a descriptor");
     }
+    assert!(
+        device_state(&*kept.device) == kept.power_on,
+        "the device after the session differs from the device before its first client"
+    );
+    kept.sessions += 1;
+    *KEPT.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
     outcome
 }
 
 /// The client's state while it plays an input.
 struct Client<'a> {
-    peer: &'a Peer,
+    peer: Peer,
+    /// The served device, whose STATUS the client reads directly while it waits.
+    device: &'a dyn Device,
     descriptors: Descriptors,
     next_id: u16,
     budget_end: Instant,
     statuses: Vec<u32>,
+    /// What the last answered probe showed ([`Client::settled`]).
+    settled: Option<Settled>,
+    /// No probe went unanswered so far (see [`Client::probe`]).
+    trusted: bool,
+}
+
+/// What an answered probe showed ([`Client::settled`]).
+#[derive(Clone, Copy, Debug)]
+struct Settled {
+    /// [`peer::Sender::sends`] right after the probe.
+    sent: u64,
+    /// The engine's STATUS, not BUSY, if the probe read it.
+    status: Option<u32>,
 }
 
 impl Client<'_> {
@@ -285,12 +466,12 @@ impl Client<'_> {
         self.next_id
     }
 
-    fn send(&self, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> std::io::Result<()> {
-        self.peer.sender().send(bytes, fds)
+    fn send(&mut self, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> std::io::Result<()> {
+        self.peer.send(bytes, fds)
     }
 
     /// A VERSION the fuzzer sent (when the harness sent none): its layout, for the answers.
-    fn note_version(&self, command: u8, message: &[u8]) {
+    fn note_version(&mut self, command: u8, message: &[u8]) {
         if command_number(command) != Command::Version.number() || self.peer.has_session() {
             return;
         }
@@ -305,21 +486,61 @@ impl Client<'_> {
         (now < self.budget_end).then(|| self.budget_end.min(now + PROBE_WAIT))
     }
 
+    /// What the last answered probe showed, if nothing was sent since (by the harness or the
+    /// reader): then the server has handled everything, and a probe would only repeat it.
+    fn settled(&self) -> Option<Settled> {
+        self.settled.filter(|s| s.sent == self.peer.sends())
+    }
+
+    /// Sends a probe and waits for its reply, within the wait budget.
+    fn probe(&mut self, message: &[u8]) -> Option<Answer> {
+        let deadline = self.deadline()?;
+        let answer = self.peer.probe(message, deadline);
+        if answer.is_none() {
+            // Its reply may still come and be taken for a later probe's: from here on, what
+            // a probe shows is not trusted to skip the next.
+            self.trusted = false;
+        }
+        answer
+    }
+
+    /// Records what an answered probe showed (if probes are trusted).
+    fn settle(&mut self, answer: &Answer, status: Option<u32>) {
+        if self.trusted {
+            self.settled = Some(Settled {
+                sent: answer.sent,
+                status,
+            });
+        }
+    }
+
     /// Waits until the server handled everything sent so far.
-    fn sync(&self) -> bool {
-        match self.deadline() {
-            Some(deadline) => self.peer.probe(&messages::ping(), deadline).is_some(),
-            None => false,
+    fn sync(&mut self) {
+        if self.settled().is_some() {
+            return;
+        }
+        if let Some(answer) = self.probe(&messages::ping()) {
+            self.settle(&answer, None);
         }
     }
 
     /// Waits until the engine is idle (STATUS not BUSY).
     fn wait_idle(&mut self) {
-        let access = RegionAccess::new(0, vdma_cli::dma_engine::registers::STATUS, 4);
-        while let Some(deadline) = self.deadline() {
-            let Some(answer) = self.peer.probe(&messages::read_status(), deadline) else {
+        if let Some(Settled {
+            status: Some(status),
+            ..
+        }) = self.settled()
+        {
+            // Seen idle, and no command written since.
+            self.statuses.push(status);
+            return;
+        }
+        let access = RegionAccess::new(0, STATUS, 4);
+        loop {
+            let Some(answer) = self.probe(&messages::read_status()) else {
                 return;
             };
+            self.settle(&answer, None);
             if answer.header.is_error() {
                 return;
             }
@@ -331,10 +552,34 @@ impl Client<'_> {
                 return;
             };
             if status != STATUS_BUSY {
+                self.settle(&answer, Some(status));
                 self.statuses.push(status);
                 return;
             }
-            thread::sleep(IDLE_POLL);
+            // Everything sent is handled, and no command starts before the client sends
+            // again: wait for this one on the device itself (register reads, no messages),
+            // then read STATUS through the server again.
+            let spin_end = Instant::now() + IDLE_SPIN;
+            let mut pause = IDLE_POLL.0;
+            while self.engine_busy() && Instant::now() < self.budget_end {
+                if Instant::now() < spin_end {
+                    // Most commands end within microseconds: let the engine's thread run (on
+                    // this core, if the fuzzer is pinned to one), answering what came.
+                    self.peer.pause(Duration::ZERO);
+                    std::thread::yield_now();
+                } else {
+                    self.peer.pause(pause);
+                    pause = (pause * 2).min(IDLE_POLL.1);
+                }
+            }
         }
+    }
+
+    /// Whether the engine's STATUS reads BUSY, read on the device (not through the server).
+    fn engine_busy(&self) -> bool {
+        let mut status = [0u8; 4];
+        self.device
+            .region_read(0, STATUS, &mut status)
+            .is_ok_and(|()| u32::from_le_bytes(status) == STATUS_BUSY)
     }
 }

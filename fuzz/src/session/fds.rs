@@ -2,8 +2,12 @@
 //! process's open descriptors.
 
 use std::fs::File;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
+use std::sync::{Mutex, OnceLock};
+
+use zerocopy::IntoBytes;
 
 use super::input::Fd;
 
@@ -26,7 +30,7 @@ impl Descriptors {
                     None => self.memfd(4096),
                 },
                 Fd::EventFd => eventfd(),
-                Fd::DevNull => File::open("/dev/null").expect("/dev/null").into(),
+                Fd::DevNull => dev_null(),
             })
             .collect()
     }
@@ -62,6 +66,17 @@ pub fn memfd(size: usize) -> File {
     file
 }
 
+/// A new descriptor of /dev/null (a duplicate of one kept open from the first call on: a
+/// `dup` costs less than an `open`).
+pub fn dev_null() -> OwnedFd {
+    static DEV_NULL: OnceLock<File> = OnceLock::new();
+    DEV_NULL
+        .get_or_init(|| File::open("/dev/null").expect("/dev/null"))
+        .try_clone()
+        .expect("dup of /dev/null")
+        .into()
+}
+
 /// A new eventfd.
 pub fn eventfd() -> OwnedFd {
     // SAFETY: an initial value and valid flags; returns a new descriptor or -1.
@@ -71,9 +86,55 @@ pub fn eventfd() -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// This process's open descriptors.
+/// This process's open descriptors: the entries of `/proc/self/fd`, read through a
+/// descriptor of the directory kept open from the first call on (counted, like any other), so
+/// that a count is an `lseek` and a `getdents64` or two rather than a whole `opendir` and
+/// `closedir`.
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .count()
+    static DIR: Mutex<Option<OwnedFd>> = Mutex::new(None);
+    let mut dir = DIR.lock().unwrap_or_else(|e| e.into_inner());
+    let fd = dir
+        .get_or_insert_with(|| {
+            let dir = File::open("/proc/self/fd").expect("/proc/self/fd");
+            OwnedFd::from(dir)
+        })
+        .as_raw_fd();
+    // SAFETY: `fd` is the open directory, held (and kept from other threads) by the lock.
+    let at = unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
+    assert_eq!(
+        at,
+        0,
+        "lseek of /proc/self/fd: {}",
+        io::Error::last_os_error()
+    );
+    // linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, then the name.
+    let mut buf = [0u64; 512];
+    let mut count = 0;
+    loop {
+        // SAFETY: the buffer is writable for its whole length, which is what the kernel is
+        // told; it writes whole records only.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd,
+                buf.as_mut_ptr(),
+                std::mem::size_of_val(&buf),
+            )
+        };
+        assert!(n >= 0, "getdents64: {}", io::Error::last_os_error());
+        if n == 0 {
+            return count;
+        }
+        let bytes = buf.as_bytes();
+        let mut at = 0;
+        while at < n as usize {
+            let reclen = usize::from(u16::from_ne_bytes([bytes[at + 16], bytes[at + 17]]));
+            let name = &bytes[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if name != b"." && name != b".." {
+                count += 1;
+            }
+            at += reclen;
+        }
+    }
 }

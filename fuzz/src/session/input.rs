@@ -143,13 +143,48 @@ pub enum Op {
     WaitIdle,
 }
 
+/// Command numbers no command has: 0, 14 (between DEVICE_RESET and REGION_WRITE_MULTI) and
+/// 19 (past MIG_DATA_WRITE).
+pub const UNKNOWN_COMMANDS: [u16; 3] = [0, 14, 19];
+
 /// The command numbers the `command` byte of [`Op::Framed`] picks (by `command mod 32`):
-/// every command twice-ish, weighted to those with the most to check, and the unknown 0, 14
-/// and 19.
+/// every command twice-ish, weighted to those with the most to check, and the
+/// [`UNKNOWN_COMMANDS`].
 pub fn command_number(command: u8) -> u16 {
+    use vdma_user::protocol::Command as C;
     const TABLE: [u16; 32] = [
-        1, 2, 2, 2, 3, 3, 3, 4, 5, 5, 6, 7, 8, 8, 9, 9, 10, 10, 10, 11, 12, 13, 15, 15, 16, 16, 16,
-        17, 18, 0, 14, 19,
+        C::Version.number(),
+        C::DmaMap.number(),
+        C::DmaMap.number(),
+        C::DmaMap.number(),
+        C::DmaUnmap.number(),
+        C::DmaUnmap.number(),
+        C::DmaUnmap.number(),
+        C::DeviceGetInfo.number(),
+        C::DeviceGetRegionInfo.number(),
+        C::DeviceGetRegionInfo.number(),
+        C::DeviceGetRegionIoFds.number(),
+        C::DeviceGetIrqInfo.number(),
+        C::DeviceSetIrqs.number(),
+        C::DeviceSetIrqs.number(),
+        C::RegionRead.number(),
+        C::RegionRead.number(),
+        C::RegionWrite.number(),
+        C::RegionWrite.number(),
+        C::RegionWrite.number(),
+        C::DmaRead.number(),
+        C::DmaWrite.number(),
+        C::DeviceReset.number(),
+        C::RegionWriteMulti.number(),
+        C::RegionWriteMulti.number(),
+        C::DeviceFeature.number(),
+        C::DeviceFeature.number(),
+        C::DeviceFeature.number(),
+        C::MigDataRead.number(),
+        C::MigDataWrite.number(),
+        UNKNOWN_COMMANDS[0],
+        UNKNOWN_COMMANDS[1],
+        UNKNOWN_COMMANDS[2],
     ];
     if command >= 0xf0 {
         // A raw number: anything, up to the top of the range.

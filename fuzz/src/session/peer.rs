@@ -1,62 +1,35 @@
-//! The client's side of the socket: one lock for everything sent (the harness's messages and
-//! the answers never interleave), and a reader thread that takes the server's replies (the
-//! harness waits for its probes) and answers the server's DMA_READ/DMA_WRITE requests as the
-//! input's script says: correctly, with an error, with garbage, late, twice, or not at all.
+//! The client's side of the socket, all on the harness's thread: it sends the input's bytes,
+//! and between them, and while it waits ([`Peer::probe`], [`Peer::pause`]), it reads what the
+//! server sent: the replies (the probes' it hands back, the others it drops) and the server's
+//! DMA_READ/DMA_WRITE requests, which it answers at once as the input's script says:
+//! correctly, with an error, with garbage, late, twice, or not at all.
 //!
-//! When the harness negotiated the session itself, the reader also checks that every request
+//! There is no reader thread: a thread woken for every reply cost more than the rest of the
+//! client. A request is read at the latest when the harness's current step ends (a send, a
+//! memfd made or shrunk: microseconds) and at once while the harness waits; the harness waits
+//! on the socket, not in a sleep, so requests that come while the engine works are answered
+//! as they come. An answer due late is held and sent when due (if the client is still there).
+//!
+//! When the harness negotiated the session itself, the client also checks that every request
 //! the server makes decodes in the negotiated DMA layout and stays within the client's
 //! `max_data_xfer_size`.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use vdma_user::protocol::{
     error_reply, DecodeConfig, DmaAccess, DmaLayout, Header, MessageBuilder, Request,
 };
-use vdma_user::transport::{Connection, Limits, Message, Received};
+use vdma_user::transport::{Connection, Limits, Message, Reader, Received};
 
+use super::fds::dev_null;
 use super::messages::PROBE_ID;
-use super::pool::{Pool, Task};
-use super::scm;
+use crate::scm;
 
 /// How long after the server's reply timeout a late answer comes.
 pub const LATE_MARGIN: Duration = Duration::from_millis(1);
-
-/// The sending side, shared by the harness and the reader thread.
-pub struct Sender {
-    socket: UnixStream,
-    /// Held for a whole send; where the stream sent so far stands.
-    framing: Mutex<Framing>,
-}
-
-impl Sender {
-    /// Sends `bytes` (anything) with `fds`, whole, not interleaved with another send.
-    pub fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        self.send_framed(bytes, fds).map(|_| ())
-    }
-
-    /// As [`Sender::send`]; also whether the bytes began between two messages of the stream
-    /// (see [`Framing`]).
-    fn send_framed(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<bool> {
-        let mut framing = self.framing.lock().unwrap_or_else(|e| e.into_inner());
-        let between = framing.between();
-        match scm::send_all(&self.socket, bytes, fds) {
-            Ok(()) => {
-                framing.feed(bytes);
-                Ok(between)
-            }
-            Err(e) => {
-                // Part of the bytes may have gone: the stream's framing is unknown from here.
-                framing.lost = true;
-                Err(e)
-            }
-        }
-    }
-}
 
 /// Where the server's reader stands in the stream the client sent, by the transport's framing
 /// (a 16-byte header whose size field, bytes 4 to 8, counts the whole message; a size below
@@ -115,100 +88,48 @@ pub struct Answer {
     pub header: Header,
     /// The payload.
     pub payload: Vec<u8>,
+    /// [`Peer::sends`] right after the probe went out: while it stays so, nothing was sent
+    /// after the probe, and the server has handled everything sent.
+    pub sent: u64,
 }
 
-#[derive(Default)]
-struct State {
-    /// The last reply with [`PROBE_ID`] not yet taken.
-    probe: Option<Answer>,
-    /// The server closed the connection (or the client shut it down).
-    ended: bool,
-    /// The server's requests received.
-    requests: usize,
-    /// The client is closing: a late answer still waiting is not sent.
-    closing: bool,
-}
-
-/// What the harness knows of the negotiated session, for the reader's checks and answers.
+/// What the harness knows of the negotiated session, for the checks and the answers.
+#[derive(Clone, Copy, Debug, Default)]
 struct Session {
-    /// 0: unknown (spec assumed, nothing checked); 1: spec; 2: QEMU.
-    layout: AtomicU8,
+    /// `None`: unknown (spec assumed, nothing checked).
+    layout: Option<DmaLayout>,
     /// The client's `max_data_xfer_size` if the harness negotiated it, else 0 (not checked).
-    xfer: AtomicU64,
+    xfer: u64,
 }
-
-/// What the harness and the reader share.
-struct Shared {
-    sender: Arc<Sender>,
-    state: Mutex<State>,
-    cond: Condvar,
-    session: Session,
-    reply_timeout: Duration,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Waits `delay`, or less if the client closes first (then true).
-    fn wait_or_close(&self, delay: Duration) -> bool {
-        let deadline = Instant::now() + delay;
-        let mut state = self.lock();
-        loop {
-            let now = Instant::now();
-            if state.closing {
-                return true;
-            }
-            if now >= deadline {
-                return false;
-            }
-            state = self
-                .cond
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    fn layout(&self) -> DmaLayout {
-        match self.session.layout.load(Ordering::SeqCst) {
-            2 => DmaLayout::Qemu,
-            _ => DmaLayout::Spec,
-        }
-    }
-}
-
-/// The threads that read the client's socket, one session at a time each ([`super::pool`]).
-static READER_THREADS: Pool = Pool::new("fuzz-client-reader");
 
 /// The client end of a session.
 pub struct Peer {
-    shared: Arc<Shared>,
-    reader: Option<Task<()>>,
+    socket: UnixStream,
+    reader: Reader,
+    /// Where the stream sent so far stands.
+    framing: Framing,
+    /// Sends so far (by the harness and the answers, failed ones too).
+    sends: u64,
+    script: Script,
+    session: Session,
+    /// The server's requests received.
+    requests: usize,
+    /// Answers held back, and when each is due.
+    late: Vec<(Instant, Vec<u8>)>,
+    /// The server closed the connection (or the client shut it down).
+    ended: bool,
+    /// The server's reply timeout: a late answer comes after it.
+    reply_timeout: Duration,
 }
 
 impl Peer {
-    /// Starts the reader thread on `socket`; it answers DMA requests by `script`.
-    /// `reply_timeout` is the server's: a late answer comes after it.
-    pub fn start(socket: UnixStream, script: Vec<u8>, reply_timeout: Duration) -> Peer {
+    /// The client end on `socket`; it answers DMA requests by `script`. `reply_timeout` is the
+    /// server's: a late answer comes after it.
+    pub fn new(socket: UnixStream, script: Vec<u8>, reply_timeout: Duration) -> Peer {
         socket
             .set_write_timeout(Some(Duration::from_secs(1)))
             .expect("SO_SNDTIMEO");
         let receiving = socket.try_clone().expect("dup of the client socket");
-        let shared = Arc::new(Shared {
-            sender: Arc::new(Sender {
-                socket,
-                framing: Mutex::new(Framing::default()),
-            }),
-            state: Mutex::new(State::default()),
-            cond: Condvar::new(),
-            session: Session {
-                layout: AtomicU8::new(0),
-                xfer: AtomicU64::new(0),
-            },
-            reply_timeout,
-        });
         let limits = Limits {
             max_message_size: DecodeConfig::default().max_message_size,
             max_fds: 16,
@@ -216,91 +137,285 @@ impl Peer {
         let (reader, _) = Connection::new(receiving, limits)
             .expect("client connection")
             .split();
-        let reader = {
-            let shared = shared.clone();
-            READER_THREADS.spawn(move || read_loop(reader, &shared, Script::new(script)))
-        };
         Peer {
-            shared,
-            reader: Some(reader),
+            socket,
+            reader,
+            framing: Framing::default(),
+            sends: 0,
+            script: Script::new(script),
+            session: Session::default(),
+            requests: 0,
+            late: Vec::new(),
+            ended: false,
+            reply_timeout,
         }
     }
 
-    /// The sending side.
-    pub fn sender(&self) -> &Sender {
-        &self.shared.sender
+    /// Sends `bytes` (anything) with `fds`, then answers what has come meanwhile.
+    pub fn send(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let sent = self.send_framed(bytes, fds).map(|_| ());
+        self.serve(None);
+        sent
+    }
+
+    /// How many sends there were so far (by the harness and the answers, failed ones too).
+    pub fn sends(&self) -> u64 {
+        self.sends
+    }
+
+    /// Sends `bytes`; whether they began between two messages of the stream (see
+    /// [`Framing`]).
+    fn send_framed(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<bool> {
+        let between = self.framing.between();
+        self.sends += 1;
+        match scm::send_all(&self.socket, bytes, fds) {
+            Ok(()) => {
+                self.framing.feed(bytes);
+                Ok(between)
+            }
+            Err(e) => {
+                // Part of the bytes may have gone: the stream's framing is unknown from here.
+                self.framing.lost = true;
+                Err(e)
+            }
+        }
     }
 
     /// Records the session the harness negotiated (`xfer`: the client's
     /// `max_data_xfer_size`, checked) or saw the fuzzer send (`xfer` 0, not checked).
-    pub fn set_session(&self, layout: DmaLayout, xfer: u64) {
-        let l = match layout {
-            DmaLayout::Spec => 1,
-            DmaLayout::Qemu => 2,
+    pub fn set_session(&mut self, layout: DmaLayout, xfer: u64) {
+        self.session = Session {
+            layout: Some(layout),
+            xfer,
         };
-        self.shared.session.layout.store(l, Ordering::SeqCst);
-        self.shared.session.xfer.store(xfer, Ordering::SeqCst);
     }
 
     /// Whether a layout is known.
     pub fn has_session(&self) -> bool {
-        self.shared.session.layout.load(Ordering::SeqCst) != 0
+        self.session.layout.is_some()
     }
 
-    /// Sends `message` (whose id is [`PROBE_ID`]) and waits for its reply until `deadline`;
-    /// `None` if it does not come (the session ended, or it is late) or cannot come: sent
-    /// inside a message whose rest never came, the probe is read as part of that message
-    /// ([`Framing`]), and waiting for its reply would only wait out the deadline.
-    pub fn probe(&self, message: &[u8], deadline: Instant) -> Option<Answer> {
-        self.shared.lock().probe = None;
-        if !self.shared.sender.send_framed(message, &[]).ok()? {
+    /// Sends `message` (whose id is [`PROBE_ID`]) and waits for its reply until `deadline`,
+    /// answering the server's requests meanwhile; `None` if it does not come (the session
+    /// ended, or it is late) or cannot come: sent inside a message whose rest never came, the
+    /// probe is read as part of that message ([`Framing`]), and waiting for its reply would
+    /// only wait out the deadline.
+    pub fn probe(&mut self, message: &[u8], deadline: Instant) -> Option<Answer> {
+        let between = self.send_framed(message, &[]).ok()?;
+        let sent = self.sends;
+        if !between {
+            self.serve(None);
             return None;
         }
-        let mut state = self.shared.lock();
+        self.serve(Some(deadline)).map(|(header, payload)| Answer {
+            header,
+            payload,
+            sent,
+        })
+    }
+
+    /// Waits for `pause`, answering the server's requests as they come (zero: answers what has
+    /// come, and returns).
+    pub fn pause(&mut self, pause: Duration) {
+        // A probe reply cannot come: no probe is out.
+        let until = (!pause.is_zero()).then(|| Instant::now() + pause);
+        let _ = self.serve(until);
+    }
+
+    /// Reads and handles what the server sent: what has come (`until` `None`), or until
+    /// `until`, returning early with a probe's reply if one comes.
+    fn serve(&mut self, until: Option<Instant>) -> Option<(Header, Vec<u8>)> {
         loop {
-            if let Some(answer) = state.probe.take() {
-                return Some(answer);
-            }
             let now = Instant::now();
-            if state.ended || now >= deadline {
+            self.send_due(now);
+            if self.ended {
                 return None;
             }
-            state = self
-                .shared
-                .cond
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    /// Shuts the socket down both ways: the server sees the client close, the reader stops
-    /// (at once, even while it holds back a late answer).
-    pub fn close(&self) {
-        self.shared.lock().closing = true;
-        self.shared.cond.notify_all();
-        let _ = self.shared.sender.socket.shutdown(std::net::Shutdown::Both);
-    }
-
-    /// Closes and waits for the reader thread (a panic there surfaces here); the number of
-    /// requests the server made.
-    pub fn finish(mut self) -> usize {
-        self.close();
-        if let Some(reader) = self.reader.take() {
-            if let Err(panic) = reader.join() {
-                std::panic::resume_unwind(panic);
+            let wait = match until {
+                None => Duration::ZERO,
+                Some(until) if until <= now => return None,
+                Some(until) => {
+                    let next_late = self.late.iter().map(|(due, _)| *due).min();
+                    next_late.map_or(until, |due| due.min(until)) - now
+                }
+            };
+            if !self.readable(wait) {
+                if until.is_some() {
+                    // Waited out `wait`: the loop looks at the time.
+                    continue;
+                }
+                return None;
+            }
+            match self.reader.receive() {
+                Ok(Received::Message(m)) if m.header.is_reply() => {
+                    if m.header.msg_id() == PROBE_ID && until.is_some() {
+                        return Some((m.header, m.payload));
+                    }
+                    // Other replies (and their descriptors: none from this device) are
+                    // dropped.
+                }
+                Ok(Received::Message(m)) => {
+                    self.requests += 1;
+                    let s = self.script.next();
+                    // An error means the socket is gone; the next read sees it.
+                    let _ = self.answer(&m, s);
+                }
+                Ok(Received::Rejected { header, error }) => {
+                    panic!("the server sent a message the client refuses ({error}): {header:?}")
+                }
+                Ok(Received::Closed) | Err(_) => self.ended = true,
             }
         }
-        self.shared.lock().requests
+    }
+
+    /// Whether the socket has something to read (or has ended) within `wait`.
+    fn readable(&self, wait: Duration) -> bool {
+        let mut fds = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let timeout = libc::timespec {
+            tv_sec: wait.as_secs() as libc::time_t,
+            tv_nsec: wait.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: one valid pollfd, a valid timespec, no signal mask; both outlive the call.
+        let n = unsafe { libc::ppoll(&mut fds, 1, &timeout, std::ptr::null()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            assert_eq!(e.kind(), io::ErrorKind::Interrupted, "ppoll: {e}");
+            return false;
+        }
+        n > 0
+    }
+
+    /// Sends the held answers that are due.
+    fn send_due(&mut self, now: Instant) {
+        while let Some(i) = self.late.iter().position(|(due, _)| *due <= now) {
+            let (_, bytes) = self.late.swap_remove(i);
+            let _ = self.send_framed(&bytes, &[]);
+        }
+    }
+
+    /// Shuts the socket down both ways: the server sees the client close; answers still held
+    /// are not sent.
+    pub fn close(&mut self) {
+        self.late.clear();
+        self.ended = true;
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Closes; the number of requests the server made.
+    pub fn finish(mut self) -> usize {
+        self.close();
+        self.requests
+    }
+
+    /// Answers the server's request `m` as script byte `s` says.
+    fn answer(&mut self, m: &Message, s: u8) -> io::Result<()> {
+        let layout = self.session.layout.unwrap_or(DmaLayout::Spec);
+        let xfer = self.session.xfer;
+        let id = m.header.msg_id();
+        let number = m.header.command_number();
+        let decoded = m.request(&DecodeConfig::new(1 << 20, layout));
+        let (access, data) = match decoded {
+            Ok(Request::DmaRead(a)) => (a, None),
+            Ok(Request::DmaWrite(a, d)) => (a, Some(d.len())),
+            other => {
+                assert!(
+                    xfer == 0,
+                    "the server sent {:?} which does not decode as DMA_READ/DMA_WRITE in \
+                     {layout:?}: {other:?}",
+                    m.header
+                );
+                return self
+                    .send_framed(&error_reply(&m.header, libc::EINVAL), &[])
+                    .map(|_| ());
+            }
+        };
+        if xfer != 0 {
+            let count = data.map_or(access.count, |n| n as u64);
+            assert!(
+                count <= xfer,
+                "the server asked for {count} bytes in one {:?}, past the client's \
+                 max_data_xfer_size {xfer}",
+                m.header.command()
+            );
+        }
+        let correct = || -> Vec<u8> {
+            let payload = match data {
+                None => DmaAccess::encode_read_reply(
+                    access.addr,
+                    &pattern(access.addr, access.count as usize),
+                    layout,
+                ),
+                Some(_) => access.encode_write_reply(layout),
+            };
+            reply(id, number, &payload)
+        };
+        let bytes = match Reply::of(s) {
+            Reply::Correct => correct(),
+            Reply::Error => {
+                let errno = [libc::EFAULT, libc::EIO, libc::EINVAL, 0][usize::from(s >> 3) % 4];
+                let mut bytes = error_reply(&m.header, errno);
+                if errno == 0 {
+                    // ERROR with errno 0.
+                    bytes[12..16].copy_from_slice(&0u32.to_le_bytes());
+                }
+                bytes.to_vec()
+            }
+            Reply::Silent => return Ok(()),
+            Reply::Garbage => {
+                let mut right = correct();
+                match (s >> 3) % 6 {
+                    0 => {
+                        if right.len() > Header::SIZE {
+                            right.pop();
+                        }
+                        fix_size(&mut right);
+                    }
+                    1 => right[2..4].copy_from_slice(&(number ^ 0x7).to_le_bytes()),
+                    2 => right = reply(id, number, &[s; 5]),
+                    3 if right.len() > 24 => {
+                        // Address + 1 and count + 1 (both layouts start with the address).
+                        let a = u64::from_le_bytes(right[16..24].try_into().unwrap());
+                        right[16..24].copy_from_slice(&a.wrapping_add(1).to_le_bytes());
+                        right[24] = right[24].wrapping_add(1);
+                    }
+                    3 => {
+                        // A reply without a payload (QEMU's DMA_WRITE) gets one.
+                        right.extend_from_slice(&[s; 8]);
+                        fix_size(&mut right);
+                    }
+                    4 => {
+                        let null = dev_null();
+                        return self.send_framed(&right, &[null.as_fd()]).map(|_| ());
+                    }
+                    _ => {
+                        let size = (right.len() + 64) as u32;
+                        right[4..8].copy_from_slice(&size.to_le_bytes());
+                    }
+                }
+                right
+            }
+            Reply::LateOrTwice => {
+                let right = correct();
+                if (s >> 3).is_multiple_of(2) {
+                    let due = Instant::now() + self.reply_timeout + LATE_MARGIN;
+                    self.late.push((due, right));
+                    return Ok(());
+                }
+                self.send_framed(&right, &[])?;
+                right
+            }
+        };
+        self.send_framed(&bytes, &[]).map(|_| ())
     }
 }
 
 impl Drop for Peer {
     fn drop(&mut self) {
         self.close();
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
     }
 }
 
@@ -369,150 +484,11 @@ impl Reply {
     }
 }
 
-fn read_loop(mut reader: vdma_user::transport::Reader, shared: &Shared, mut script: Script) {
-    loop {
-        match reader.receive() {
-            Ok(Received::Message(m)) if m.header.is_reply() => {
-                if m.header.msg_id() == PROBE_ID {
-                    shared.lock().probe = Some(Answer {
-                        header: m.header,
-                        payload: m.payload,
-                    });
-                    shared.cond.notify_all();
-                }
-                // Descriptors in replies (none from this device) are closed here.
-            }
-            Ok(Received::Message(m)) => {
-                shared.lock().requests += 1;
-                let s = script.next();
-                if answer(shared, &m, s).is_err() {
-                    // The socket is gone; the reader sees it next.
-                }
-            }
-            Ok(Received::Rejected { header, error }) => {
-                panic!("the server sent a message the client refuses ({error}): {header:?}")
-            }
-            Ok(Received::Closed) | Err(_) => {
-                shared.lock().ended = true;
-                shared.cond.notify_all();
-                return;
-            }
-        }
-    }
-}
-
 /// The bytes a client's memory holds at `addr`.
 fn pattern(addr: u64, count: usize) -> Vec<u8> {
     (0..count as u64)
         .map(|i| (addr.wrapping_add(i) as u8) ^ 0x5a)
         .collect()
-}
-
-/// Answers the server's request `m` as script byte `s` says.
-fn answer(shared: &Shared, m: &Message, s: u8) -> io::Result<()> {
-    let layout = shared.layout();
-    let xfer = shared.session.xfer.load(Ordering::SeqCst);
-    let id = m.header.msg_id();
-    let number = m.header.command_number();
-    let decoded = m.request(&DecodeConfig::new(1 << 20, layout));
-    let (access, data) = match decoded {
-        Ok(Request::DmaRead(a)) => (a, None),
-        Ok(Request::DmaWrite(a, d)) => (a, Some(d.len())),
-        other => {
-            assert!(
-                xfer == 0,
-                "the server sent {:?} which does not decode as DMA_READ/DMA_WRITE in {layout:?}: \
-                 {other:?}",
-                m.header
-            );
-            return send(shared, &error_reply(&m.header, libc::EINVAL), &[]);
-        }
-    };
-    if xfer != 0 {
-        let count = data.map_or(access.count, |n| n as u64);
-        assert!(
-            count <= xfer,
-            "the server asked for {count} bytes in one {:?}, past the client's \
-             max_data_xfer_size {xfer}",
-            m.header.command()
-        );
-    }
-    let correct = || -> Vec<u8> {
-        let payload = match data {
-            None => DmaAccess::encode_read_reply(
-                access.addr,
-                &pattern(access.addr, access.count as usize),
-                layout,
-            ),
-            Some(_) => access.encode_write_reply(layout),
-        };
-        reply(id, number, &payload)
-    };
-    match Reply::of(s) {
-        Reply::Correct => send(shared, &correct(), &[]),
-        Reply::Error => {
-            let errno = [libc::EFAULT, libc::EIO, libc::EINVAL, 0][usize::from(s >> 3) % 4];
-            let mut bytes = error_reply(&m.header, errno);
-            if errno == 0 {
-                // ERROR with errno 0.
-                bytes[12..16].copy_from_slice(&0u32.to_le_bytes());
-            }
-            send(shared, &bytes, &[])
-        }
-        Reply::Silent => Ok(()),
-        Reply::Garbage => {
-            let mut right = correct();
-            match (s >> 3) % 6 {
-                0 => {
-                    if right.len() > Header::SIZE {
-                        right.pop();
-                    }
-                    fix_size(&mut right);
-                    send(shared, &right, &[])
-                }
-                1 => {
-                    right[2..4].copy_from_slice(&(number ^ 0x7).to_le_bytes());
-                    send(shared, &right, &[])
-                }
-                2 => send(shared, &reply(id, number, &[s; 5]), &[]),
-                3 if right.len() > 24 => {
-                    // Address + 1 and count + 1 (both layouts start with the address).
-                    let a = u64::from_le_bytes(right[16..24].try_into().unwrap());
-                    right[16..24].copy_from_slice(&a.wrapping_add(1).to_le_bytes());
-                    right[24] = right[24].wrapping_add(1);
-                    send(shared, &right, &[])
-                }
-                3 => {
-                    // A reply without a payload (QEMU's DMA_WRITE) gets one.
-                    right.extend_from_slice(&[s; 8]);
-                    fix_size(&mut right);
-                    send(shared, &right, &[])
-                }
-                4 => {
-                    let null = std::fs::File::open("/dev/null").expect("/dev/null");
-                    send(shared, &right, &[null.as_fd()])
-                }
-                _ => {
-                    let size = (right.len() + 64) as u32;
-                    right[4..8].copy_from_slice(&size.to_le_bytes());
-                    send(shared, &right, &[])
-                }
-            }
-        }
-        Reply::LateOrTwice => {
-            let right = correct();
-            if (s >> 3).is_multiple_of(2) {
-                if shared.wait_or_close(shared.reply_timeout + LATE_MARGIN) {
-                    // Closed before it was due: the send would fail on the shut socket.
-                    return Ok(());
-                }
-                send(shared, &right, &[])
-            } else {
-                send(shared, &right, &[])?;
-                send(shared, &right, &[])
-            }
-        }
-    }
 }
 
 fn reply(id: u16, number: u16, payload: &[u8]) -> Vec<u8> {
@@ -526,8 +502,4 @@ fn reply(id: u16, number: u16, payload: &[u8]) -> Vec<u8> {
 fn fix_size(message: &mut [u8]) {
     let size = message.len() as u32;
     message[4..8].copy_from_slice(&size.to_le_bytes());
-}
-
-fn send(shared: &Shared, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    shared.sender.send(bytes, fds)
 }

@@ -1,34 +1,58 @@
-//! Threads kept from one session to the next for the harness's own work (running the server,
-//! reading the client's socket).
+//! Threads kept from one session to the next for the harness's own work (running the server's
+//! handler and its reader loop, reading the client's socket).
 //!
 //! A thread made for every input costs more than most inputs: under AddressSanitizer each new
 //! thread gets a fresh fake stack (for stack-use-after-return detection), and every frame it
-//! touches the first time is a page fault. A pooled thread has them touched already. The
-//! server's and the device's own threads (its reader, the engine's worker) are still made per
-//! session, as a real server makes them.
+//! touches the first time is a page fault; its exit unmaps them again. A pooled thread has them
+//! touched already.
 //!
-//! Nothing of a job outlives it: its closure, and everything it captured, is dropped before
-//! its result is handed over, so a session's descriptors and references are gone when the
-//! harness has the result (as after a thread's `join`).
+//! Nothing of a job outlives it, and a worker touches nothing of a job once the job is over:
+//! the job's closure, and everything it captured, is dropped and its outcome stored in the
+//! task's slot before the worker says the job is over, and after that the worker allocates and
+//! frees nothing. So when the harness sees the job over ([`Task::join`]), every allocation the
+//! job made is freed or in the harness's hands. libFuzzer counts mallocs and frees during each
+//! input, and more mallocs than frees makes it run the input again and then scan for leaks; a
+//! worker freeing a job's last pieces after the input is over would look like a leak of one
+//! input and an extra free of the next.
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// A job as a worker runs it: the closure, which returns how to hand its result over.
-type Job = Box<dyn FnOnce() -> Box<dyn FnOnce() + Send> + Send>;
+/// A job as a worker runs it (the closure stores its own outcome).
+type Job = Box<dyn FnOnce() + Send>;
 
 /// What a job ended with: its value, or its panic.
 pub type Outcome<T> = Result<T, Box<dyn Any + Send>>;
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One thread of a pool.
+struct Worker {
+    state: Mutex<WorkerState>,
+    /// Signalled when a job is given and when one is over.
+    cond: Condvar,
+}
+
+#[derive(Default)]
+struct WorkerState {
+    /// The job to run next.
+    job: Option<Job>,
+    /// Jobs given so far.
+    given: u64,
+    /// Jobs over so far (they run in the order given).
+    over: u64,
+}
+
 /// Threads of one name; more are made when every one is busy.
 pub struct Pool {
     name: &'static str,
-    /// The idle threads, each by the sender of its job queue.
-    idle: Mutex<Vec<Sender<Job>>>,
+    /// The idle threads.
+    idle: Mutex<Vec<Arc<Worker>>>,
 }
 
 impl Pool {
@@ -40,73 +64,122 @@ impl Pool {
         }
     }
 
-    fn push_idle(&self, worker: Sender<Job>) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(worker);
-    }
-
     /// Runs `f` on an idle thread of the pool (a new one if none is idle).
     pub fn spawn<T: Send + 'static>(
         &'static self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Task<T> {
-        let (done, result) = mpsc::sync_channel(1);
-        let mut job: Job = Box::new(move || {
-            let outcome = panic::catch_unwind(AssertUnwindSafe(f));
+        let slot = Arc::new(Mutex::new(None));
+        let job: Job = {
+            let slot = slot.clone();
             Box::new(move || {
-                let _ = done.send(outcome);
+                let outcome = panic::catch_unwind(AssertUnwindSafe(f));
+                *lock(&slot) = Some(outcome);
             })
-        });
-        loop {
-            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let Some(worker) = idle else { break };
-            match worker.send(job) {
-                Ok(()) => return Task { result },
-                // That thread is gone (it cannot be, but then take another).
-                Err(mpsc::SendError(back)) => job = back,
-            }
+        };
+        let worker = lock(&self.idle).pop().unwrap_or_else(|| self.start());
+        let ticket = {
+            let mut state = lock(&worker.state);
+            debug_assert!(state.job.is_none(), "an idle worker has no job");
+            state.job = Some(job);
+            state.given += 1;
+            state.given
+        };
+        worker.cond.notify_all();
+        Task {
+            worker,
+            ticket,
+            slot,
         }
-        let (worker, jobs) = mpsc::channel::<Job>();
-        worker.send(job).expect("a new job queue");
+    }
+
+    /// A new worker thread, waiting for its first job.
+    fn start(&'static self) -> Arc<Worker> {
+        let worker = Arc::new(Worker {
+            state: Mutex::new(WorkerState::default()),
+            cond: Condvar::new(),
+        });
+        let this = worker.clone();
         thread::Builder::new()
             .name(self.name.into())
-            .spawn(move || {
-                while let Ok(job) = jobs.recv() {
-                    let hand_over = job();
-                    // Idle again before the result is out, so that the next session finds
-                    // this thread rather than making another.
-                    self.push_idle(worker.clone());
-                    hand_over();
-                }
+            .spawn(move || loop {
+                let job = {
+                    let mut state = lock(&this.state);
+                    loop {
+                        if let Some(job) = state.job.take() {
+                            break job;
+                        }
+                        state = this.cond.wait(state).unwrap_or_else(|e| e.into_inner());
+                    }
+                };
+                // The job, its captures and its box are gone when this returns.
+                job();
+                // Idle again before the job is over, so that the next session finds this
+                // thread rather than making another (the vector's room is made when the pool
+                // grows, not here).
+                self.push_idle(this.clone());
+                lock(&this.state).over += 1;
+                this.cond.notify_all();
             })
             .unwrap_or_else(|e| panic!("spawn a {} thread: {e}", self.name));
-        Task { result }
+        worker
+    }
+
+    fn push_idle(&self, worker: Arc<Worker>) {
+        let mut idle = lock(&self.idle);
+        if idle.len() == idle.capacity() {
+            // Only when the pool has more threads than ever before.
+            idle.reserve(8);
+        }
+        idle.push(worker);
     }
 }
 
 /// A job running on a pooled thread.
 pub struct Task<T> {
-    result: Receiver<Outcome<T>>,
+    worker: Arc<Worker>,
+    ticket: u64,
+    slot: Arc<Mutex<Option<Outcome<T>>>>,
 }
 
 impl<T> Task<T> {
     /// Waits for the job to end.
     pub fn join(self) -> Outcome<T> {
-        self.result
-            .recv()
-            .expect("a pooled thread hands over every job's outcome")
+        let mut state = lock(&self.worker.state);
+        while state.over < self.ticket {
+            state = self
+                .worker
+                .cond
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        drop(state);
+        self.take()
     }
 
     /// Waits up to `timeout` for the job to end; `None` if it is still running.
     pub fn join_timeout(&self, timeout: Duration) -> Option<Outcome<T>> {
-        match self.result.recv_timeout(timeout) {
-            Ok(outcome) => Some(outcome),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => {
-                unreachable!("a pooled thread hands over every job's outcome")
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.worker.state);
+        while state.over < self.ticket {
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
             }
+            state = self
+                .worker
+                .cond
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
+        drop(state);
+        Some(self.take())
+    }
+
+    fn take(&self) -> Outcome<T> {
+        lock(&self.slot)
+            .take()
+            .expect("a job stores its outcome before it is over, and it is taken once")
     }
 }

@@ -16,9 +16,10 @@
 //! unmap callback), DMA logging stops, every interrupt type is disabled (eventfds dropped), the
 //! device's handle is taken back ([`Device::disconnect`]).
 
+use std::io;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
@@ -57,13 +58,12 @@ pub(crate) fn run(shared: &Shared, socket: UnixStream) -> Result<SessionEnd, Ser
     let pending = Arc::new(Pending::new());
     let reader_thread = {
         let (queue, pending) = (queue.clone(), pending.clone());
-        thread::Builder::new()
-            .name("vfio-user-reader".into())
-            .spawn(move || read_loop(reader, &queue, &pending))
-            .map_err(|source| ServerError::Io {
+        ReaderThread::start(shared, move || read_loop(reader, &queue, &pending)).map_err(
+            |source| ServerError::Io {
                 op: "spawn",
                 source,
-            })?
+            },
+        )?
     };
     let mut session = Session {
         shared,
@@ -76,9 +76,49 @@ pub(crate) fn run(shared: &Shared, socket: UnixStream) -> Result<SessionEnd, Ser
     queue.abandon();
     pending.close();
     let _ = writer.shutdown();
-    let _ = reader_thread.join();
+    reader_thread.join();
     session.disconnect();
     Ok(end)
+}
+
+/// The session's reader loop, on a thread of its own or on one from
+/// [`crate::server::Server::with_reader_spawner`].
+enum ReaderThread {
+    Own(thread::JoinHandle<()>),
+    /// Disconnected when the job is over (returned or unwound): its sender is dropped then.
+    Lent(mpsc::Receiver<()>),
+}
+
+impl ReaderThread {
+    fn start(shared: &Shared, job: impl FnOnce() + Send + 'static) -> io::Result<ReaderThread> {
+        let Some(spawn) = &shared.spawn_reader else {
+            return thread::Builder::new()
+                .name("vfio-user-reader".into())
+                .spawn(job)
+                .map(ReaderThread::Own);
+        };
+        let (over, wait) = mpsc::sync_channel::<()>(0);
+        spawn(Box::new(move || {
+            // Dropped last: after the job and everything it holds (the socket's reader, the
+            // queue), also when it unwinds.
+            let _over = over;
+            job();
+        }))?;
+        Ok(ReaderThread::Lent(wait))
+    }
+
+    /// Waits for the reader loop to end (a panic there is not propagated).
+    fn join(self) {
+        match self {
+            ReaderThread::Own(thread) => {
+                let _ = thread.join();
+            }
+            ReaderThread::Lent(wait) => {
+                // Nothing is ever sent: this returns when the job's sender is dropped.
+                let _ = wait.recv();
+            }
+        }
+    }
 }
 
 /// The reader thread: routes replies to their waiters, queues commands.
