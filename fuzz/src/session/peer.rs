@@ -198,7 +198,7 @@ impl Peer {
     /// Sends `message` (whose id is [`PROBE_ID`]) and waits for its reply until `deadline`,
     /// answering the server's requests meanwhile; `None` if it does not come (the session
     /// ended, or it is late) or cannot come: sent inside a message whose rest never came, the
-    /// probe is read as part of that message ([`Framing`]), and waiting for its reply would
+    /// probe is read as part of that message (`Framing`), and waiting for its reply would
     /// only wait out the deadline.
     pub fn probe(&mut self, message: &[u8], deadline: Instant) -> Option<Answer> {
         let between = self.send_framed(message, &[]).ok()?;
