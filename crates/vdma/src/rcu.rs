@@ -90,15 +90,14 @@ const FENCED: u8 = 1;
 /// Fenced, and a writer relies on it: the reader may not return to light.
 const PINNED: u8 = 2;
 
-/// A new reader's mode: light; under loom, as the test's knobs say.
-#[cfg(not(loom))]
+/// A new reader's mode: light, or fenced for good where membarrier is unavailable (decided
+/// before: `ReaderState::new` asks first); under loom, as the test's knobs say.
 fn initial_mode() -> u8 {
-    LIGHT
-}
-
-#[cfg(loom)]
-fn initial_mode() -> u8 {
-    if crate::sync::knobs().start_fenced {
+    #[cfg(loom)]
+    let start_fenced = crate::sync::knobs().start_fenced;
+    #[cfg(not(loom))]
+    let start_fenced = false;
+    if start_fenced || ALWAYS_FENCED.load(Ordering::Relaxed) {
         FENCED
     } else {
         LIGHT
@@ -119,8 +118,8 @@ impl Slot {
 #[cfg(not(loom))]
 static READERS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
 
-/// True when every reader fences after entering, whatever its mode: `membarrier` is
-/// unavailable. Decided before the first reader registers, never changed after.
+/// True when `membarrier` is unavailable: every reader starts fenced and never returns to light.
+/// Decided before the first reader registers, never changed after.
 #[cfg(not(loom))]
 static ALWAYS_FENCED: Alone<AtomicBool> = Alone(AtomicBool::new(false));
 
@@ -262,7 +261,7 @@ impl ReaderState {
             interrupt_point();
             // The mode is loaded after the entry store: see the module's documentation.
             let mode = early.unwrap_or_else(|| slot.mode.load(Ordering::Relaxed));
-            if mode != LIGHT || ALWAYS_FENCED.load(Ordering::Relaxed) {
+            if mode != LIGHT {
                 self.fenced(mode);
             } else {
                 compiler_fence(Ordering::SeqCst);

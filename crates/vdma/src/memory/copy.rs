@@ -3,14 +3,18 @@
 //! Sizes, from the hot path's point of view:
 //!
 //! - 1, 2, 4, 8 bytes (device registers, descriptors): one load and one store;
-//! - [`VECTOR_MIN`]..=[`VECTOR_MAX`] bytes on a CPU with AVX: a loop of 32-byte vector loads
-//!   and stores, 256 bytes per turn. glibc's `memcpy` switches to `rep movsb` from 2,112 bytes
+//! - [`VECTOR_MIN`]..=[`VECTOR_MAX`] bytes *into the caller's buffer* ([`copy_in`]) on a CPU
+//!   with AVX: a loop of 32-byte vector loads and stores, 256 bytes per turn. glibc's `memcpy` switches to `rep movsb` from 2,112 bytes
 //!   (`glibc.cpu.x86_rep_movsb_threshold`), and on the machine the benchmarks run on (AMD EPYC,
 //!   Zen 4, glibc 2.36) that instruction takes 43-44 ns for a hot 4 KiB copy where this loop
 //!   takes about 37 ns (8 KiB: 91 vs 80 ns; 16 KiB: 236 vs 226 ns; from 32 KiB on, the same).
 //!   The figures and the command that made them are in BENCHMARKS.md (`copy_routine` group).
 //!   256-bit vectors, not AVX-512: as fast here within 1.5 ns, and no clock-speed penalty on
-//!   the Intel CPUs that lower their frequency for 512-bit instructions.
+//!   the Intel CPUs that lower their frequency for 512-bit instructions. Not for copies *into
+//!   mapped memory* ([`copy_out`]): guest memory is often not in cache, and there vector stores
+//!   must first read each line from DRAM where `rep movsb` writes whole lines without reading
+//!   them (4 KiB writes sweeping 1 GiB: 298 ns with the loop, 205 ns with `memcpy`; reads
+//!   from cold memory lose only 2%: 218 against 213 ns, `copy_sweep_*` in BENCHMARKS.md).
 //! - everything else: `copy_nonoverlapping` (glibc's `memcpy`).
 //!
 //! No path makes a Rust reference to either side: the memory may be shared with a guest or
@@ -27,14 +31,34 @@ const _: () = assert!(
     "the vector loop needs a whole turn"
 );
 
-/// Copies `len` bytes from `src` to `dst`.
+/// Copies `len` bytes from mapped memory at `src` into the caller's buffer at `dst`.
 ///
 /// # Safety
 /// `src` must be readable and `dst` writable for `len` bytes, and the ranges must not overlap.
 #[inline(always)]
-pub unsafe fn copy(src: *const u8, dst: *mut u8, len: usize) {
+pub unsafe fn copy_in(src: *const u8, dst: *mut u8, len: usize) {
+    // SAFETY: forwarded to the caller.
+    unsafe { copy::<true>(src, dst, len) }
+}
+
+/// Copies `len` bytes from the caller's buffer at `src` into mapped memory at `dst`.
+///
+/// # Safety
+/// As [`copy_in`].
+#[inline(always)]
+pub unsafe fn copy_out(src: *const u8, dst: *mut u8, len: usize) {
+    // SAFETY: forwarded to the caller.
+    unsafe { copy::<false>(src, dst, len) }
+}
+
+/// Copies `len` bytes from `src` to `dst`; with `VECTOR`, 2-16 KiB through the vector loop.
+///
+/// # Safety
+/// As [`copy_in`].
+#[inline(always)]
+unsafe fn copy<const VECTOR: bool>(src: *const u8, dst: *mut u8, len: usize) {
     if len > 8 {
-        if (VECTOR_MIN..=VECTOR_MAX).contains(&len) && vector::available() {
+        if VECTOR && (VECTOR_MIN..=VECTOR_MAX).contains(&len) && vector::available() {
             // SAFETY: as the caller promised; the length is at least `vector::TURN` as
             // `copy_vector` requires, and the CPU has AVX (checked just above).
             unsafe { vector::copy_vector(src, dst, len) };
@@ -172,17 +196,21 @@ mod tests {
             VECTOR_MAX,
             VECTOR_MAX + 1,
         ];
-        for len in lengths {
+        for (len, vector_loop) in lengths.into_iter().flat_map(|l| [(l, true), (l, false)]) {
             for (src_off, dst_off) in [(0, 0), (1, 3), (31, 0), (0, 17)] {
                 let src: Vec<u8> = (0..len + 64).map(|i| (i * 7 + 3) as u8).collect();
                 let mut dst = vec![0xa5u8; len + 128];
                 // SAFETY: both ranges are inside their vectors, which do not overlap.
                 unsafe {
-                    copy(
+                    let (from, to) = (
                         src.as_ptr().add(src_off),
                         dst.as_mut_ptr().add(dst_off + 32),
-                        len,
-                    )
+                    );
+                    if vector_loop {
+                        copy_in(from, to, len)
+                    } else {
+                        copy_out(from, to, len)
+                    }
                 };
                 assert_eq!(
                     &dst[dst_off + 32..dst_off + 32 + len],

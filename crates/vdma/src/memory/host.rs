@@ -8,7 +8,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{compiler_fence, Ordering};
 
 use crate::address::HostAddr;
-use crate::memory::copy::copy;
+use crate::memory::copy::{copy_in, copy_out};
 use crate::memory::fault::{self, NO_SLOT};
 
 /// A range of host memory mapped in this process, valid while the value lives.
@@ -130,7 +130,7 @@ impl HostRegion {
         // the contract of `new`; `buf` is private memory of the caller and cannot overlap shared
         // memory it holds a `&mut` to. No reference into the region is made.
         unsafe {
-            copy(
+            copy_in(
                 self.base.as_ptr().add(offset as usize),
                 buf.as_mut_ptr(),
                 buf.len(),
@@ -149,7 +149,7 @@ impl HostRegion {
         // SAFETY: the range lies inside the region; the crate only writes to regions of mappings
         // whose protection includes WRITE, which are mapped writable. No reference is made.
         unsafe {
-            copy(
+            copy_out(
                 buf.as_ptr(),
                 self.base.as_ptr().add(offset as usize),
                 buf.len(),
