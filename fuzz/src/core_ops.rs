@@ -2,7 +2,8 @@
 //! reads, writes and dirty tracking (`dirty_start`, `dirty_report`, `dirty_stop`) against a
 //! real [`Container`] and the reference model of `crates/vdma-model` (semantics §1, §3, §5),
 //! the one `crates/vdma/tests/model.rs` uses. After every operation both agree on the
-//! result (the value or the errno), the bytes read, the list of mappings, the dirty bitmaps,
+//! result (the value or the errno; every access is preceded by a `check` of its range, which
+//! must give the access's result), the bytes read, the list of mappings, the dirty bitmaps,
 //! and (after every write) the bytes in every mapping's memory, read straight from the memory.
 //!
 //! The IOVAs lie in a window of 16 pages at 0, at 2^40, or at the very top of the space (the
@@ -345,12 +346,28 @@ impl Harness {
         (iova, (1 + u64::from(pages % 8)) * PS)
     }
 
+    /// The access, after a `check` of the same range that must give the same result (the model
+    /// has no faults).
     fn dma(&self, device: bool, iova: u64, buf: &mut [u8], dir: Direction) -> vdma::Result<()> {
-        if device {
-            self.device.dma_rw(Iova(iova), buf, dir)
+        let (checked, r) = if device {
+            let checked = self.device.check(Iova(iova), buf.len(), dir);
+            (checked, self.device.dma_rw(Iova(iova), buf, dir))
         } else {
-            self.group.dma_rw(Iova(iova), buf, dir)
-        }
+            let checked = self.group.check(Iova(iova), buf.len(), dir);
+            (checked, self.group.dma_rw(Iova(iova), buf, dir))
+        };
+        let same = match (&checked, &r) {
+            (Ok(()), Ok(())) => true,
+            (Err(a), Err(b)) => a.errno() == b.errno() && a.to_string() == b.to_string(),
+            _ => false,
+        };
+        assert!(
+            same,
+            "step {}: check({iova:#x}, {:#x}, {dir:?}) gave {checked:?}, the access {r:?}",
+            self.step,
+            buf.len()
+        );
+        r
     }
 
     /// Removes what the container removed and checks the byte count.

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::memory::HostRegion;
 use crate::prot::{Direction, Prot};
 use crate::rcu;
-use crate::table::{Entry, Table};
+use crate::table::{Entry, Pos, Table};
 
 /// The caller's side of one access.
 pub(crate) enum Xfer<'b> {
@@ -139,28 +139,8 @@ impl Space {
 /// byte's mapping and permission, then copy mapping by mapping.
 #[inline(never)]
 fn cross(table: &Table, iova: Iova, last: u64, mut xfer: Xfer<'_>) -> Result<()> {
-    let needs = xfer.needs();
     let len = xfer.len();
-    let start = table.find(iova.0).ok_or(Error::NotMapped { iova })?;
-    let mut pos = start;
-    let mut at = iova.0;
-    loop {
-        let e = table.entry(pos);
-        if e.start > at {
-            return Err(Error::NotMapped { iova: Iova(at) });
-        }
-        if !e.prot.contains(needs) {
-            return Err(Error::Permission {
-                iova: Iova(at),
-                needed: needs,
-            });
-        }
-        if e.last >= last {
-            break;
-        }
-        at = e.last + 1;
-        pos = table.next(pos).ok_or(Error::NotMapped { iova: Iova(at) })?;
-    }
+    let start = validate(table, iova, last, xfer.needs())?;
     // Validated: copy piece by piece, each piece the part of the range in one mapping.
     let mut pos = Some(start);
     let mut at = iova.0;
@@ -177,6 +157,52 @@ fn cross(table: &Table, iova: Iova, last: u64, mut xfer: Xfer<'_>) -> Result<()>
         pos = table.next(pos.expect("validated above"));
     }
     Ok(())
+}
+
+/// Step 5's check: every byte of `[iova, last]` is mapped and every mapping on the way permits
+/// `needs`. Returns the table position of the mapping holding `iova`. The first problem in IOVA
+/// order wins: a hole is EINVAL naming its first IOVA, a missing permission EPERM.
+fn validate(table: &Table, iova: Iova, last: u64, needs: Prot) -> Result<Pos> {
+    let start = table.find(iova.0).ok_or(Error::NotMapped { iova })?;
+    let mut pos = start;
+    let mut at = iova.0;
+    loop {
+        let e = table.entry(pos);
+        if e.start > at {
+            return Err(Error::NotMapped { iova: Iova(at) });
+        }
+        if !e.prot.contains(needs) {
+            return Err(Error::Permission {
+                iova: Iova(at),
+                needed: needs,
+            });
+        }
+        if e.last >= last {
+            return Ok(start);
+        }
+        at = e.last + 1;
+        pos = table.next(pos).ok_or(Error::NotMapped { iova: Iova(at) })?;
+    }
+}
+
+impl Space {
+    /// Steps 1 and 5 of `dma_rw` without the copy: the error `dma_rw(iova, len bytes, direction)`
+    /// would return now for the range's coverage and permission, with no byte moved.
+    pub(crate) fn check(&self, iova: Iova, len: usize, direction: Direction) -> Result<()> {
+        if len == 0 {
+            return Err(Error::ZeroLength);
+        }
+        let Some(Iova(last)) = iova.last_of(len as u64) else {
+            return Err(Error::Overflow {
+                iova,
+                len: len as u64,
+            });
+        };
+        rcu::read(|guard| {
+            let table = self.table.load(guard);
+            validate(table, iova, last, direction.needs()).map(|_| ())
+        })
+    }
 }
 
 /// Marks `[iova, last]`, just written through `entry`, in the container-level log of its

@@ -159,6 +159,16 @@ macro_rules! dma_methods {
             self.space.dma_rw(iova, Xfer::Write(buf))
         }
 
+        /// Checks, without moving a byte, that `len` bytes at `iova` are mapped and permit
+        /// `direction`: the error [`dma_rw`](Self::dma_rw) would return now for them (EINVAL
+        /// zero length or hole, EOVERFLOW wrap, EPERM permission). A device calls it before
+        /// it commits resources to a transfer (a buffer, a descriptor). Only a snapshot: an
+        /// `unmap` may still come before the transfer, and faults (a truncated file, a process
+        /// gone) show only when bytes move.
+        pub fn check(&self, iova: Iova, len: usize, direction: Direction) -> Result<()> {
+            self.space.check(iova, len, direction)
+        }
+
         /// Translates `[iova, iova + len)` into host segments for an access needing `prot`, and
         /// holds their mappings until the [`Segments`] are dropped. Memory without a host
         /// address (another process's, message-backed): EINVAL.

@@ -262,7 +262,7 @@ impl ReaderState {
             // The mode is loaded after the entry store: see the module's documentation.
             let mode = early.unwrap_or_else(|| slot.mode.load(Ordering::Relaxed));
             if mode != LIGHT {
-                self.fenced(mode);
+                self.fenced();
             } else {
                 compiler_fence(Ordering::SeqCst);
             }
@@ -279,13 +279,13 @@ impl ReaderState {
     /// A fenced reader's part: the fence, and after [`LIGHT_AFTER`] of them a try to return to
     /// light mode.
     #[inline(always)]
-    fn fenced(&self, mode: u8) {
+    fn fenced(&self) {
         if !defect(Defect::ReaderFenceMissing) {
             fence(Ordering::SeqCst);
         }
         let left = self.fenced_left.get();
         if left == 0 {
-            self.try_light(mode);
+            self.try_light();
         } else {
             self.fenced_left.set(left - 1);
         }
@@ -295,7 +295,7 @@ impl ReaderState {
     /// membarrier is unavailable (then never).
     #[cold]
     #[inline(never)]
-    fn try_light(&self, mode: u8) {
+    fn try_light(&self) {
         self.fenced_left.set(light_after());
         if ALWAYS_FENCED.load(Ordering::Relaxed) {
             return;
@@ -305,10 +305,8 @@ impl ReaderState {
             mode_cell.store(LIGHT, Ordering::Relaxed);
             return;
         }
-        if mode == FENCED {
-            // Fails if a writer pinned it since: this reader stays fenced for now.
-            let _ = mode_cell.compare_exchange(FENCED, LIGHT, Ordering::Relaxed, Ordering::Relaxed);
-        }
+        // Fails if a writer has it pinned: this reader then stays fenced for now.
+        let _ = mode_cell.compare_exchange(FENCED, LIGHT, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Tells writers that this reader's earlier sections are over and that it has seen grace

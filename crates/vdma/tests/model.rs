@@ -2,8 +2,8 @@
 //!
 //! The reference model of `crates/vdma-model` (start IOVA to size, protection and contents; the
 //! one the `core_ops` fuzz target uses too) and a real [`Container`] run the same random sequences of `map`, `unmap`, `unmap_all`, `dma_rw`
-//! reads and writes (through group and device handles, `dma_rw` and `read`/`write`) and
-//! `translate`. After every operation both must agree on the result (the `Ok` value or the
+//! reads and writes (through group and device handles, `dma_rw` and `read`/`write`, each after a
+//! `check` that must give the access's own result) and `translate`. After every operation both must agree on the result (the `Ok` value or the
 //! errno), on the bytes read, on the list of mappings, and after every write on the contents of
 //! every mapped memory, read straight from the memory (so a failed write that moved even one
 //! byte is caught: all or nothing).
@@ -531,6 +531,32 @@ impl Harness {
         }
     }
 
+    /// `check` through the handle `via` uses, before the access itself: it must give the
+    /// same result as the access then does (the model has no faults).
+    fn check_first(&self, via: Via, iova: Iova, len: usize, dir: Direction) -> vdma::Result<()> {
+        match via {
+            Via::GroupDmaRw | Via::GroupMethod => self.group.check(iova, len, dir),
+            Via::DeviceDmaRw | Via::DeviceMethod => self.device.check(iova, len, dir),
+        }
+    }
+
+    fn same_as_check(
+        &self,
+        what: &str,
+        checked: &vdma::Result<()>,
+        r: &vdma::Result<()>,
+    ) -> Result<(), TestCaseError> {
+        prop_assert!(
+            format!("{checked:?}") == format!("{r:?}"),
+            "step {}: check before {} gave {:?}, the access {:?}",
+            self.step,
+            what,
+            checked,
+            r
+        );
+        Ok(())
+    }
+
     fn run(&mut self, op: &Op) -> Result<(), TestCaseError> {
         let ps = self.ps();
         let base = self.setup.base;
@@ -637,8 +663,10 @@ impl Harness {
                 let (iova, len) = self.span(span);
                 let verdict = self.model.expect_access(iova, len, Prot::READ, false);
                 let mut buf = vec![UNTOUCHED; len];
+                let checked = self.check_first(via, Iova(iova), len, Direction::Read);
                 let r = self.dma(via, Iova(iova), &mut buf, Direction::Read);
                 let what = format!("read({iova:#x}, {len:#x}) via {via:?}");
+                self.same_as_check(&what, &checked, &r)?;
                 match (&r, &verdict) {
                     (Ok(()), Verdict::Ok(pieces)) => {
                         let want = self.model.read(pieces);
@@ -676,8 +704,10 @@ impl Harness {
                 let verdict = self.model.expect_access(iova, len, Prot::WRITE, false);
                 let mut buf = random_bytes(seed, len);
                 let sent = buf.clone();
+                let checked = self.check_first(via, Iova(iova), len, Direction::Write);
                 let r = self.dma(via, Iova(iova), &mut buf, Direction::Write);
                 let what = format!("write({iova:#x}, {len:#x}) via {via:?}");
+                self.same_as_check(&what, &checked, &r)?;
                 prop_assert!(
                     buf == sent,
                     "step {}: {} changed its buffer",

@@ -1,11 +1,13 @@
 //! One command of the dma-engine, run through the core's `dma_rw`, and why it can fail.
 //!
-//! Every command reads whatever it needs first and then writes the destination with one
-//! `dma_rw` call, which the core makes all or nothing (coverage and permission of the whole
-//! range are checked before a byte moves). So a failed command changes no destination byte,
-//! and COPY between overlapping ranges behaves like `memmove`.
+//! Every command first `check`s its source and destination ranges (mapped, permitted), so a
+//! peer cannot make the device allocate a 16 MiB buffer for a range that is not there. It then
+//! reads whatever it needs and writes the destination with one `dma_rw` call, which the core
+//! makes all or nothing (coverage and permission of the whole range are checked before a byte
+//! moves). So a failed command changes no destination byte, and COPY between overlapping
+//! ranges behaves like `memmove`.
 
-use vdma::{DeviceHandle, Iova};
+use vdma::{DeviceHandle, Direction, Iova};
 
 use super::registers::{CMD_COPY, CMD_CRC32, CMD_FILL, MAX_LEN};
 
@@ -91,6 +93,12 @@ impl Job {
         }
         let dma = dma.ok_or(CommandError::NoClient)?;
         let len = self.len as usize;
+        if matches!(self.op, Op::Copy | Op::Crc32) {
+            dma.check(Iova(self.src), len, Direction::Read)?;
+        }
+        if matches!(self.op, Op::Copy | Op::Fill) {
+            dma.check(Iova(self.dst), len, Direction::Write)?;
+        }
         match self.op {
             Op::Copy => {
                 let mut buf = buffer(len)?;
@@ -114,8 +122,16 @@ impl Job {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Buffers [`buffer`] made on this thread (tests check that a failing command made none).
+    static BUFFERS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// A zeroed buffer of `len` bytes, or ENOMEM instead of aborting.
 fn buffer(len: usize) -> Result<Vec<u8>, CommandError> {
+    #[cfg(test)]
+    BUFFERS.with(|n| n.set(n.get() + 1));
     let mut buf = Vec::new();
     buf.try_reserve_exact(len)
         .map_err(|_| CommandError::NoMemory(len))?;
@@ -169,5 +185,64 @@ mod tests {
         assert_eq!(errno(job(Op::Copy, 0)), Err(libc::EINVAL));
         assert_eq!(errno(job(Op::Fill, MAX_LEN + 1)), Err(libc::EINVAL));
         assert_eq!(errno(job(Op::Crc32, MAX_LEN)), Err(libc::ENODEV));
+    }
+
+    #[test]
+    fn ranges_are_checked_before_a_buffer_is_made() {
+        use std::sync::Arc;
+        use vdma::{Backing, Config, Container, DeviceId, GroupId, OwnedMemory, Prot};
+        let container = Container::new(Config::default()).unwrap();
+        let memory = Arc::new(OwnedMemory::new(0x2000).unwrap());
+        // One page readable only at 0x1000; one page writable only at 0x2000.
+        let ro = Backing::memory(memory.clone(), 0);
+        container.map(Iova(0x1000), 0x1000, ro, Prot::READ).unwrap();
+        let wo = Backing::memory(memory, 0x1000);
+        container
+            .map(Iova(0x2000), 0x1000, wo, Prot::WRITE)
+            .unwrap();
+        container.attach_group(GroupId(1)).unwrap();
+        container
+            .add_device(GroupId(1), DeviceId::new("e"))
+            .unwrap();
+        let dma = container.device_handle(&DeviceId::new("e")).unwrap();
+        let run = |op, src, dst, len| {
+            let before = BUFFERS.with(|n| n.get());
+            let job = Job {
+                op,
+                src,
+                dst,
+                len,
+                pattern: 0x0102_0304,
+            };
+            let r = job.run(Some(&dma)).map_err(|e| e.errno());
+            (r, BUFFERS.with(|n| n.get()) - before)
+        };
+        // 16 MiB ranges that run into a hole: the errno, and no buffer.
+        assert_eq!(
+            run(Op::Copy, 0x8000, 0x2000, MAX_LEN),
+            (Err(libc::EINVAL), 0)
+        );
+        assert_eq!(
+            run(Op::Copy, 0x1000, 0x2000, MAX_LEN),
+            (Err(libc::EPERM), 0)
+        );
+        assert_eq!(run(Op::Fill, 0, 0x2000, MAX_LEN), (Err(libc::EINVAL), 0));
+        assert_eq!(run(Op::Crc32, 0, 0, MAX_LEN), (Err(libc::EINVAL), 0));
+        // The source is fine, the destination is not.
+        assert_eq!(
+            run(Op::Copy, 0x1000, 0x2800, 0x1000),
+            (Err(libc::EINVAL), 0)
+        );
+        // Mapped, but without the permission.
+        assert_eq!(run(Op::Copy, 0x2000, 0x2000, 8), (Err(libc::EPERM), 0));
+        assert_eq!(run(Op::Copy, 0x1000, 0x1000, 8), (Err(libc::EPERM), 0));
+        assert_eq!(run(Op::Fill, 0, 0x1000, 8), (Err(libc::EPERM), 0));
+        assert_eq!(run(Op::Crc32, 0x2000, 0, 8), (Err(libc::EPERM), 0));
+        // Both ranges fine: one buffer, and the command does its work.
+        assert_eq!(run(Op::Copy, 0x1000, 0x2000, 8), (Ok(None), 1));
+        assert_eq!(run(Op::Fill, 0, 0x2000, 8), (Ok(None), 1));
+        let (crc, made) = run(Op::Crc32, 0x1000, 0, 8);
+        assert_eq!(made, 1);
+        assert!(matches!(crc, Ok(Some(_))));
     }
 }
