@@ -440,6 +440,35 @@ impl Cursor {
     }
 }
 
+/// One turn of the `memcpy` contender: `buf.len()` bytes between `host` and `buf` with
+/// `copy_nonoverlapping`, the length through `black_box` so that it is a real call to `memcpy`.
+///
+/// # Safety
+/// `host` must be readable (`Dir::Read`) or writable (`Dir::Write`) for `buf.len()` bytes.
+#[inline(always)]
+unsafe fn memcpy_once(host: *mut u8, buf: &mut [u8], dir: Dir) {
+    let len = black_box(buf.len());
+    // SAFETY: as the caller promised; `buf` is private memory of `len` bytes.
+    unsafe {
+        match dir {
+            Dir::Read => std::ptr::copy_nonoverlapping(host, buf.as_mut_ptr(), len),
+            Dir::Write => std::ptr::copy_nonoverlapping(buf.as_ptr(), host, len),
+        }
+    }
+    black_box(buf.as_mut_ptr());
+}
+
+/// One turn of the `vdma-copy` contender: vdma's copy routine over `region`, no lookup.
+#[inline(always)]
+fn region_once(region: &HostRegion, off: u64, buf: &mut [u8], dir: Dir) {
+    let ok = match dir {
+        Dir::Read => region.read(off, buf),
+        Dir::Write => region.write(off, buf),
+    };
+    assert!(ok);
+    black_box(buf.as_mut_ptr());
+}
+
 fn copy_group(c: &mut Criterion, fx: &Fixtures, name: &str, dir: Dir, sweep: bool) {
     let mut g = c.benchmark_group(name);
     g.warm_up_time(Duration::from_millis(700))
@@ -467,16 +496,9 @@ fn copy_group(c: &mut Criterion, fx: &Fixtures, name: &str, dir: Dir, sweep: boo
             let hot = flat.at(HOT_OFF);
             b.iter(|| {
                 let host = black_box(if sweep { flat.at(cur.next()) } else { hot });
-                let len = black_box(size);
-                // SAFETY: `host` and `len` lie inside the flat mapping (the cursor keeps
-                // `off + size <= REGION`), `buf` is a private buffer of `len` bytes.
-                unsafe {
-                    match dir {
-                        Dir::Read => std::ptr::copy_nonoverlapping(host, buf.as_mut_ptr(), len),
-                        Dir::Write => std::ptr::copy_nonoverlapping(buf.as_ptr(), host, len),
-                    }
-                }
-                black_box(buf.as_mut_ptr());
+                // SAFETY: `host` and `size` lie inside the flat mapping (the cursor keeps
+                // `off + size <= REGION`), `buf` is a private buffer of `size` bytes.
+                unsafe { memcpy_once(host, buf, dir) };
             })
         });
 
@@ -501,12 +523,7 @@ fn copy_group(c: &mut Criterion, fx: &Fixtures, name: &str, dir: Dir, sweep: boo
             let buf = &mut buf[..size];
             b.iter(|| {
                 let off = (if sweep { cur.next() } else { HOT_OFF }) as u64;
-                let ok = match dir {
-                    Dir::Read => region.read(off, buf),
-                    Dir::Write => region.write(off, buf),
-                };
-                assert!(ok);
-                black_box(buf.as_mut_ptr());
+                region_once(&region, off, buf, dir);
             })
         });
 
@@ -560,21 +577,8 @@ fn routine_group(c: &mut Criterion, fx: &Fixtures) {
                 |b, &size| {
                     let host = fx.copy().flat.at(HOT_OFF);
                     let buf = &mut buf[..size];
-                    b.iter(|| {
-                        let len = black_box(size);
-                        // SAFETY: `HOT_OFF + len` lies inside the flat mapping; `buf` is private.
-                        unsafe {
-                            match dir {
-                                Dir::Read => {
-                                    std::ptr::copy_nonoverlapping(host, buf.as_mut_ptr(), len)
-                                }
-                                Dir::Write => {
-                                    std::ptr::copy_nonoverlapping(buf.as_ptr(), host, len)
-                                }
-                            }
-                        }
-                        black_box(buf.as_mut_ptr());
-                    })
+                    // SAFETY: `HOT_OFF + size` lies inside the flat mapping; `buf` is private.
+                    b.iter(|| unsafe { memcpy_once(host, buf, dir) })
                 },
             );
             g.bench_with_input(
@@ -583,14 +587,7 @@ fn routine_group(c: &mut Criterion, fx: &Fixtures) {
                 |b, &size| {
                     let region = fx.copy().region();
                     let buf = &mut buf[..size];
-                    b.iter(|| {
-                        let ok = match dir {
-                            Dir::Read => region.read(HOT_OFF as u64, buf),
-                            Dir::Write => region.write(HOT_OFF as u64, buf),
-                        };
-                        assert!(ok);
-                        black_box(buf.as_mut_ptr());
-                    })
+                    b.iter(|| region_once(&region, HOT_OFF as u64, buf, dir))
                 },
             );
         }
