@@ -253,6 +253,10 @@ impl Kept {
     }
 }
 
+/// What [`device_state`] concatenates, for messages.
+const STATE_PARTS: &str = "BAR0 registers, then the MSI-X table's first 16 bytes, the PBA's \
+                           first 8, then config space";
+
 /// What a client can read of the device: the engine's registers (the start of BAR0; the rest
 /// reads 0 whatever happens), the MSI-X table and PBA (BAR1) and config space. Each client
 /// must find it as the first did (the dma-engine's and the PCI layer's promise at
@@ -376,10 +380,14 @@ pub fn session(input: &Input, check_fds: bool) -> Outcome {
     if check_fds {
         assert_eq!(open_fds(), baseline, "the server leaked a descriptor");
     }
-    assert!(
-        device_state(&*kept.device) == kept.power_on,
-        "the device after the session differs from the device before its first client"
-    );
+    let state = device_state(&*kept.device);
+    if let Some(at) = (0..state.len()).find(|&i| state[i] != kept.power_on[i]) {
+        panic!(
+            "the device after the session differs from the device before its first client: \
+             byte {at} of the state ({}) is {:#04x}, was {:#04x}",
+            STATE_PARTS, state[at], kept.power_on[at]
+        );
+    }
     kept.sessions += 1;
     *KEPT.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
     outcome

@@ -58,13 +58,14 @@
 //! kernel's request_irq and free_irq would; a client that does write the table masks and
 //! unmasks entries as well. A vector without an eventfd stays pending.
 //!
-//! DEVICE_RESET: config space and the MSI-X table go back to their power-on values (MSI and
-//! MSI-X disabled in config space, nothing pending), INTx is deasserted and unmasked, then
-//! [`PciFunction::reset`] runs. The SET_IRQS setup (enabled type and eventfds) stays, as it
-//! does across VFIO_DEVICE_RESET (QEMU disables interrupts itself before resetting).
-//! On disconnect every eventfd is dropped, the same reset is done (without the function's
-//! reset: [`PciFunction::disconnect`] is called instead), so the next client finds a
-//! powered-on device.
+//! DEVICE_RESET: [`PciFunction::reset`] runs, then config space and the MSI-X table go back
+//! to their power-on values (MSI and MSI-X disabled in config space, nothing pending), and
+//! INTx is deasserted and unmasked. The function goes first so that an interrupt it raises
+//! while it quiesces (a command that completes during the reset) is wiped too. The SET_IRQS
+//! setup (enabled type and eventfds) stays, as it does across VFIO_DEVICE_RESET (QEMU
+//! disables interrupts itself before resetting). On disconnect [`PciFunction::disconnect`]
+//! runs instead of the function's reset, then every eventfd is dropped and the same reset is
+//! done, so the next client finds a powered-on device.
 
 mod bar_mmap;
 mod config_space;

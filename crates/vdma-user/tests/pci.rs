@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -35,6 +35,9 @@ struct TestFn {
     resets: AtomicU32,
     connects: AtomicU32,
     disconnects: AtomicU32,
+    /// Raise vector 0 inside `reset` and `disconnect`, as a device whose last command
+    /// completes while it stops.
+    raise_while_stopping: AtomicBool,
 }
 
 impl TestFn {
@@ -46,6 +49,7 @@ impl TestFn {
             resets: AtomicU32::new(0),
             connects: AtomicU32::new(0),
             disconnects: AtomicU32::new(0),
+            raise_while_stopping: AtomicBool::new(false),
         }
     }
 }
@@ -80,6 +84,9 @@ impl PciFunction for TestFn {
     fn reset(&self) -> Result<(), DeviceError> {
         self.resets.fetch_add(1, Ordering::SeqCst);
         self.bar0.lock().unwrap().fill(0);
+        if self.raise_while_stopping.load(Ordering::SeqCst) {
+            self.irqs.raise(0);
+        }
         Ok(())
     }
 
@@ -89,6 +96,9 @@ impl PciFunction for TestFn {
 
     fn disconnect(&self) {
         self.disconnects.fetch_add(1, Ordering::SeqCst);
+        if self.raise_while_stopping.load(Ordering::SeqCst) {
+            self.irqs.raise(0);
+        }
     }
 }
 
@@ -1048,6 +1058,45 @@ fn reset_deasserts_intx() {
     assert_eq!(cfg16(&dev, 0x06) & 0x08, 0);
     dev.interrupts().raise(0);
     assert_eq!(count(&fd), 1, "unmasked by the reset");
+}
+
+/// A function may raise an interrupt until its `reset` or `disconnect` returns (the dma-engine
+/// does when a command completes just then; the session fuzz target found that this used to
+/// leave INTx asserted on the next client's device). The PCI reset runs after it and wipes it.
+#[test]
+fn an_interrupt_raised_while_the_function_stops_is_wiped() {
+    for stop in ["reset", "disconnect"] {
+        for msix in [false, true] {
+            let dev = device();
+            let mut initial = [0u8; 256];
+            dev.config_read(0, &mut initial).unwrap();
+            if msix {
+                // MSI-X enabled, vector 0 without an eventfd: a raise leaves it pending.
+                wcfg16(&dev, cap(&dev, 0x11) + 2, 0x8000);
+                dev.interrupts().raise(0);
+                assert_eq!(pba(&dev), 1, "{stop}: pending before");
+            }
+            dev.function()
+                .raise_while_stopping
+                .store(true, Ordering::SeqCst);
+            match stop {
+                "reset" => dev.reset().unwrap(),
+                _ => Device::disconnect(&dev),
+            }
+            let mut after = [0u8; 256];
+            dev.config_read(0, &mut after).unwrap();
+            assert_eq!(
+                cfg16(&dev, 0x06) & 0x08,
+                0,
+                "{stop} (MSI-X before: {msix}): INTx status"
+            );
+            assert_eq!(
+                after, initial,
+                "{stop} (MSI-X before: {msix}): config space"
+            );
+            assert_eq!(pba(&dev), 0, "{stop} (MSI-X before: {msix}): pending bits");
+        }
+    }
 }
 
 #[test]

@@ -289,8 +289,11 @@ impl<F: PciFunction> Device for PciDevice<F> {
     }
 
     fn reset(&self) -> Result<(), DeviceError> {
+        // The function first: until its reset returns it may still raise an interrupt (a
+        // command completing), which the reset of config space and interrupts then wipes.
+        let function = self.function.reset();
         self.shared.lock().reset();
-        self.function.reset()
+        function
     }
 
     fn connect(&self, dma: DeviceHandle) {
@@ -298,14 +301,14 @@ impl<F: PciFunction> Device for PciDevice<F> {
     }
 
     fn disconnect(&self) {
-        {
-            let mut state = self.shared.lock();
-            state.disable();
-            state.req = None;
-            state.err = None;
-            state.reset();
-        }
+        // The function first, as in `reset`: an interrupt it raises while it stops lands
+        // before the reset below, not on the next client's freshly reset device.
         self.function.disconnect();
+        let mut state = self.shared.lock();
+        state.disable();
+        state.req = None;
+        state.err = None;
+        state.reset();
     }
 
     fn dma_unmapped(&self, iova: Iova, size: u64) {

@@ -17,14 +17,17 @@ pub trait PciFunction: Send + Sync + 'static {
     fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) -> Result<(), DeviceError>;
 
     /// Resets the function's own state (DEVICE_RESET or a function-level reset); config space
-    /// and interrupts are reset by [`crate::pci::PciDevice`].
+    /// and interrupts are reset by [`crate::pci::PciDevice`] right after this returns, so an
+    /// interrupt raised before then is dropped. After it returns the function must raise no
+    /// interrupt that belongs to the time before the reset.
     fn reset(&self) -> Result<(), DeviceError>;
 
     /// A client connected: the DMA handle on its address space, valid until
     /// [`PciFunction::disconnect`].
     fn connect(&self, dma: DeviceHandle);
 
-    /// The client is gone: drop the handle and every pin and segment.
+    /// The client is gone: drop the handle and every pin and segment. As with
+    /// [`PciFunction::reset`], config space and interrupts are reset right after this returns.
     fn disconnect(&self);
 
     /// Pins or segments hold `[iova, iova + size)`, which the client is unmapping: give them
