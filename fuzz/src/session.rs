@@ -381,6 +381,11 @@ pub fn session(input: &Input, check_fds: bool) -> Outcome {
         assert_eq!(open_fds(), baseline, "the server leaked a descriptor");
     }
     let state = device_state(&*kept.device);
+    assert_eq!(
+        state.len(),
+        kept.power_on.len(),
+        "the device's state changed size"
+    );
     if let Some(at) = (0..state.len()).find(|&i| state[i] != kept.power_on[i]) {
         panic!(
             "the device after the session differs from the device before its first client: \

@@ -23,6 +23,11 @@
 //! - Failed commands complete too: STATUS 3, ERRNO, IRQ_STATUS bit 0, COUNT + 1, interrupt.
 //!   ERRNO is cleared when a command starts; RESULT changes only on a successful CRC32.
 //! - A command with no client connected fails with ENODEV.
+//! - Before it allocates its buffer a command checks its ranges (the source for COPY and
+//!   CRC32, then the destination for COPY and FILL): an unmapped or unpermitted range fails
+//!   with the core's errno (EINVAL, EPERM) ahead of any ENOMEM, and a COPY whose destination is
+//!   bad fails before it reads a byte of its source (for memory without an fd: before any
+//!   DMA_READ).
 //! - IRQ_ENABLE holds bit 0 only; setting it does not raise for an earlier completion.
 //! - Reset drops a command not yet started, waits for a running one to end and discards its
 //!   completion, then clears every register ([`DmaEngine`] docs). A client's disconnect does

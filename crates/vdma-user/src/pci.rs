@@ -63,8 +63,8 @@
 //! INTx is deasserted and unmasked. The function goes first so that an interrupt it raises
 //! while it quiesces (a command that completes during the reset) is wiped too. The SET_IRQS
 //! setup (enabled type and eventfds) stays, as it does across VFIO_DEVICE_RESET (QEMU
-//! disables interrupts itself before resetting). On disconnect [`PciFunction::disconnect`]
-//! runs instead of the function's reset, then every eventfd is dropped and the same reset is
+//! disables interrupts itself before resetting). On disconnect every eventfd is dropped, then
+//! [`PciFunction::disconnect`] runs instead of the function's reset, then the same reset is
 //! done, so the next client finds a powered-on device.
 
 mod bar_mmap;

@@ -444,7 +444,8 @@ impl Cursor {
 /// `copy_nonoverlapping`, the length through `black_box` so that it is a real call to `memcpy`.
 ///
 /// # Safety
-/// `host` must be readable (`Dir::Read`) or writable (`Dir::Write`) for `buf.len()` bytes.
+/// `host` must be readable (`Dir::Read`) or writable (`Dir::Write`) for `buf.len()` bytes, and
+/// must not overlap `buf`.
 #[inline(always)]
 unsafe fn memcpy_once(host: *mut u8, buf: &mut [u8], dir: Dir) {
     let len = black_box(buf.len());

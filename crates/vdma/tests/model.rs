@@ -1,10 +1,11 @@
 //! Model-based test of the address space (semantics.md §1–3).
 //!
 //! The reference model of `crates/vdma-model` (start IOVA to size, protection and contents; the
-//! one the `core_ops` fuzz target uses too) and a real [`Container`] run the same random sequences of `map`, `unmap`, `unmap_all`, `dma_rw`
-//! reads and writes (through group and device handles, `dma_rw` and `read`/`write`, each after a
-//! `check` that must give the access's own result) and `translate`. After every operation both must agree on the result (the `Ok` value or the
-//! errno), on the bytes read, on the list of mappings, and after every write on the contents of
+//! one the `core_ops` fuzz target uses too) and a real [`Container`] run the same random
+//! sequences of `map`, `unmap`, `unmap_all`, `dma_rw` reads and writes (through group and
+//! device handles, `dma_rw` and `read`/`write`, each after a `check` that must give the
+//! access's own result) and `translate`. After every operation both must agree on the result
+//! (the `Ok` value or the errno), on the bytes read, on the list of mappings, and after every write on the contents of
 //! every mapped memory, read straight from the memory (so a failed write that moved even one
 //! byte is caught: all or nothing).
 //!

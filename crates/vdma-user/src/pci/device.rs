@@ -291,9 +291,9 @@ impl<F: PciFunction> Device for PciDevice<F> {
     fn reset(&self) -> Result<(), DeviceError> {
         // The function first: until its reset returns it may still raise an interrupt (a
         // command completing), which the reset of config space and interrupts then wipes.
-        let function = self.function.reset();
+        let result = self.function.reset();
         self.shared.lock().reset();
-        function
+        result
     }
 
     fn connect(&self, dma: DeviceHandle) {
@@ -301,14 +301,18 @@ impl<F: PciFunction> Device for PciDevice<F> {
     }
 
     fn disconnect(&self) {
-        // The function first, as in `reset`: an interrupt it raises while it stops lands
-        // before the reset below, not on the next client's freshly reset device.
+        // The departing client's eventfds go first (the server has usually disabled its
+        // interrupts with SET_IRQS already), then the function stops: an interrupt it raises
+        // meanwhile is only recorded, and the reset below wipes it, so the next client finds
+        // a powered-on device.
+        {
+            let mut state = self.shared.lock();
+            state.disable();
+            state.req = None;
+            state.err = None;
+        }
         self.function.disconnect();
-        let mut state = self.shared.lock();
-        state.disable();
-        state.req = None;
-        state.err = None;
-        state.reset();
+        self.shared.lock().reset();
     }
 
     fn dma_unmapped(&self, iova: Iova, size: u64) {

@@ -17,17 +17,20 @@ pub trait PciFunction: Send + Sync + 'static {
     fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) -> Result<(), DeviceError>;
 
     /// Resets the function's own state (DEVICE_RESET or a function-level reset); config space
-    /// and interrupts are reset by [`crate::pci::PciDevice`] right after this returns, so an
-    /// interrupt raised before then is dropped. After it returns the function must raise no
-    /// interrupt that belongs to the time before the reset.
+    /// and interrupts are reset by [`crate::pci::PciDevice`] right after this returns, which
+    /// clears what an interrupt raised before then recorded (pending bits, INTx level); a
+    /// signal already sent to an eventfd is not taken back. After it returns the function
+    /// must raise no interrupt that belongs to the time before the reset.
     fn reset(&self) -> Result<(), DeviceError>;
 
     /// A client connected: the DMA handle on its address space, valid until
     /// [`PciFunction::disconnect`].
     fn connect(&self, dma: DeviceHandle);
 
-    /// The client is gone: drop the handle and every pin and segment. As with
-    /// [`PciFunction::reset`], config space and interrupts are reset right after this returns.
+    /// The client is gone: drop the handle and every pin and segment. Its eventfds are gone
+    /// before this is called (an interrupt raised meanwhile is only recorded), and as with
+    /// [`PciFunction::reset`] config space and interrupts are reset right after it returns; the
+    /// function must raise nothing after it returns.
     fn disconnect(&self);
 
     /// Pins or segments hold `[iova, iova + size)`, which the client is unmapping: give them
